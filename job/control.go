@@ -69,15 +69,16 @@ type ClaimRequest struct {
 	JobID       string `json:"job_id"`
 	DispatchGen uint64 `json:"dispatch_gen"`
 	Factory     string `json:"factory"`
-	Delivery    uint64 `json:"delivery"` // JetStream's delivery count of this message
+	StreamSeq   uint64 `json:"stream_seq"` // FLEET_JOBS sequence of this message
+	Delivery    uint64 `json:"delivery"`   // JetStream delivery count of this message
 }
 
 func (c *ClaimRequest) Validate() error {
 	if err := checkJob(c.JobID); err != nil {
 		return err
 	}
-	if c.DispatchGen == 0 || c.Delivery == 0 {
-		return badRequest("claim needs dispatch_gen and delivery ≥ 1")
+	if c.DispatchGen == 0 || c.Delivery == 0 || c.StreamSeq == 0 {
+		return badRequest("claim needs dispatch_gen, stream_seq and delivery ≥ 1")
 	}
 	return checkFactory(c.Factory)
 }

@@ -19,7 +19,8 @@ type Record struct {
 	Epoch       uint64    `json:"epoch"`
 	Owner       string    `json:"owner,omitempty"`
 	LeaseUntil  time.Time `json:"lease_until,omitzero"`
-	Delivery    uint64    `json:"delivery,omitempty"` // JetStream delivery count of the claimed message
+	StreamSeq   uint64    `json:"stream_seq,omitempty"` // FLEET_JOBS sequence of the claimed message
+	Delivery    uint64    `json:"delivery,omitempty"`   // JetStream delivery count of the claimed message
 	Attempt     int       `json:"attempt"`
 	RetryAt     time.Time `json:"retry_at,omitzero"`
 	ExitCode    *int      `json:"exit_code,omitempty"`
@@ -98,8 +99,9 @@ type ClaimResult struct {
 // Claim applies a factory's claim of a delivery. A claim succeeds for a
 // dispatched job of the same generation, or for a running one whose lease
 // has lapsed or whose message JetStream has since redelivered (a higher
-// delivery count proves the previous delivery is no longer current). Each
-// success bumps the epoch: the fencing token.
+// delivery count of the same stream message proves the previous delivery is
+// no longer current; a different copy of the message proves nothing and
+// waits). Each success bumps the epoch: the fencing token.
 func (r Record) Claim(c ClaimRequest, now time.Time, lease time.Duration) (Record, ClaimResult) {
 	drop := func(why string) (Record, ClaimResult) { return r, ClaimResult{Verdict: VerdictDrop, Reason: why} }
 	switch {
@@ -108,7 +110,8 @@ func (r Record) Claim(c ClaimRequest, now time.Time, lease time.Duration) (Recor
 	case c.DispatchGen != r.DispatchGen:
 		return drop(fmt.Sprintf("delivery is of dispatch %d, the job is at dispatch %d", c.DispatchGen, r.DispatchGen))
 	case r.State == Running:
-		if now.Before(r.LeaseUntil) && c.Delivery <= r.Delivery {
+		redelivered := c.StreamSeq == r.StreamSeq && c.Delivery > r.Delivery
+		if now.Before(r.LeaseUntil) && !redelivered {
 			return r, ClaimResult{Verdict: VerdictLater, Reason: "held by " + r.Owner + " under a live lease", Retry: r.LeaseUntil.Sub(now)}
 		}
 	case r.State != Dispatched:
@@ -130,7 +133,7 @@ func (r Record) Claim(c ClaimRequest, now time.Time, lease time.Duration) (Recor
 	n.Epoch++
 	n.Attempt++
 	n.Owner = c.Factory
-	n.Delivery = c.Delivery
+	n.Delivery, n.StreamSeq = c.Delivery, c.StreamSeq
 	n.LeaseUntil = now.Add(lease)
 	n.Started = now
 	return n, ClaimResult{Verdict: VerdictRun, Changed: true}

@@ -19,7 +19,7 @@ func dispatched(t *testing.T) Record {
 }
 
 func claim(r Record, factory string, delivery uint64, now time.Time) (Record, ClaimResult) {
-	return r.Claim(ClaimRequest{JobID: r.ID, DispatchGen: r.DispatchGen, Factory: factory, Delivery: delivery}, now, 10*time.Second)
+	return r.Claim(ClaimRequest{JobID: r.ID, DispatchGen: r.DispatchGen, Factory: factory, StreamSeq: 5, Delivery: delivery}, now, 10*time.Second)
 }
 
 func TestClaimRules(t *testing.T) {
@@ -32,6 +32,11 @@ func TestClaimRules(t *testing.T) {
 	// Same delivery, live lease: later.
 	if _, res := claim(r1, "fb", 1, t0.Add(time.Second)); res.Verdict != VerdictLater || res.Retry != 9*time.Second {
 		t.Fatalf("claim under live lease: %+v", res)
+	}
+	// A different copy of the message (another stream sequence), even with a
+	// higher delivery count, proves nothing: later.
+	if _, res := r1.Claim(ClaimRequest{JobID: "j1", DispatchGen: 1, Factory: "fb", StreamSeq: 6, Delivery: 3}, t0, time.Second); res.Verdict != VerdictLater {
+		t.Fatalf("claim of a duplicate copy: %+v", res)
 	}
 	// Redelivery (higher delivery count): taken over with a new epoch.
 	r2, res := claim(r1, "fb", 2, t0.Add(time.Second))

@@ -1,0 +1,114 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/agentqueue/fleet/subjects"
+)
+
+// Topology sizes what Provision creates. Zero values mean the defaults.
+type Topology struct {
+	Replicas        int           // 1 embedded, 3 on a cluster
+	DuplicateWindow time.Duration // FLEET_INGEST/FLEET_JOBS dedupe window; default 2m
+	EventsMaxAge    time.Duration // default 30 days
+	LogsMaxAge      time.Duration // default 7 days
+	LogsMaxBytes    int64         // default 1 GiB
+}
+
+func (t Topology) withDefaults() Topology {
+	t.Replicas = orDefault(t.Replicas, 1)
+	t.DuplicateWindow = orDefault(t.DuplicateWindow, 2*time.Minute)
+	t.EventsMaxAge = orDefault(t.EventsMaxAge, 30*24*time.Hour)
+	t.LogsMaxAge = orDefault(t.LogsMaxAge, 7*24*time.Hour)
+	t.LogsMaxBytes = orDefault(t.LogsMaxBytes, int64(1<<30))
+	return t
+}
+
+// StreamConfigs returns the configuration of every fleet stream.
+func (t Topology) StreamConfigs() []jetstream.StreamConfig {
+	t = t.withDefaults()
+	all := func(root string) []string { return []string{root + ".>"} }
+	return []jetstream.StreamConfig{
+		{Name: subjects.StreamIngest, Description: "fleet submissions, one per job; work queue",
+			Subjects: all(subjects.IngestRoot), Retention: jetstream.WorkQueuePolicy,
+			Duplicates: t.DuplicateWindow, Replicas: t.Replicas, Storage: jetstream.FileStorage},
+		{Name: subjects.StreamJobs, Description: "admitted jobs, one subject per pool; work queue",
+			Subjects: all(subjects.JobsRoot), Retention: jetstream.WorkQueuePolicy,
+			Duplicates: t.DuplicateWindow, Replicas: t.Replicas, Storage: jetstream.FileStorage},
+		{Name: subjects.StreamEvents, Description: "every job state transition: the audit trail",
+			Subjects: all(subjects.EventsRoot), Retention: jetstream.LimitsPolicy,
+			MaxAge: t.EventsMaxAge, Replicas: t.Replicas, Storage: jetstream.FileStorage},
+		{Name: subjects.StreamLogs, Description: "job output lines",
+			Subjects: all(subjects.LogsRoot), Retention: jetstream.LimitsPolicy,
+			MaxAge: t.LogsMaxAge, MaxBytes: t.LogsMaxBytes, Discard: jetstream.DiscardOld,
+			Replicas: t.Replicas, Storage: jetstream.FileStorage},
+		{Name: subjects.StreamDead, Description: "rejected submissions and dead jobs, with the reason",
+			Subjects: all(subjects.DeadRoot), Retention: jetstream.LimitsPolicy,
+			Replicas: t.Replicas, Storage: jetstream.FileStorage},
+	}
+}
+
+// BucketConfigs returns the configuration of every fleet KV bucket.
+func (t Topology) BucketConfigs() []jetstream.KeyValueConfig {
+	t = t.withDefaults()
+	kv := func(name, desc string, history uint8) jetstream.KeyValueConfig {
+		return jetstream.KeyValueConfig{Bucket: name, Description: desc, History: history,
+			Replicas: t.Replicas, Storage: jetstream.FileStorage}
+	}
+	return []jetstream.KeyValueConfig{
+		kv(subjects.BucketJobs, "job records: spec, state, epoch, owner, attempts", 1),
+		kv(subjects.BucketFactories, "one key per factory: pool, capabilities, slots, last heartbeat", 1),
+		kv(subjects.BucketQueueState, "per-pool and total queue counts and ages", 1),
+		kv(subjects.BucketBudgets, "budgets", 5),
+		kv(subjects.BucketConfig, "gate, weights, flags", 5),
+	}
+}
+
+// Provision creates or updates every stream and bucket. It is idempotent and
+// safe to run from several processes at once.
+func (b *Broker) Provision(ctx context.Context, t Topology) error {
+	for _, sc := range t.StreamConfigs() {
+		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("provision stream %s: %w", sc.Name, err)
+		}
+	}
+	for _, kc := range t.BucketConfigs() {
+		if _, err := b.JS.CreateOrUpdateKeyValue(ctx, kc); err != nil {
+			return fmt.Errorf("provision bucket %s: %w", kc.Bucket, err)
+		}
+	}
+	return nil
+}
+
+// PoolConsumerConfig is the durable pull consumer of a pool. Its ack wait is
+// the lease; MaxDeliver bounds a poison message, after which the reconciler
+// moves it to FLEET_DEAD.
+func PoolConsumerConfig(pool string, lease time.Duration) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       subjects.PoolConsumer(pool),
+		Description:   "factories of pool " + pool,
+		FilterSubject: subjects.Jobs(pool),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       lease,
+		MaxDeliver:    20,
+		MaxAckPending: -1,
+		MaxWaiting:    4096,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+}
+
+// EnsurePoolConsumer creates or updates pool's consumer.
+func (b *Broker) EnsurePoolConsumer(ctx context.Context, pool string, lease time.Duration) error {
+	if err := subjects.CheckToken("pool", pool); err != nil {
+		return err
+	}
+	_, err := b.JS.CreateOrUpdateConsumer(ctx, subjects.StreamJobs, PoolConsumerConfig(pool, lease))
+	if err != nil {
+		return fmt.Errorf("provision consumer %s: %w", subjects.PoolConsumer(pool), err)
+	}
+	return nil
+}
