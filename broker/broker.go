@@ -69,7 +69,9 @@ func Connect(cfg Config, log *zap.Logger) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (is a broker running? `fleet up` or `fleet broker` starts one)", redact(urls), err)
 	}
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+		log.Warn("async publish failed", zap.String("subject", m.Subject), zap.Error(err))
+	}), jetstream.WithPublishAsyncMaxPending(8192))
 	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("broker: jetstream: %w", err)

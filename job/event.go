@@ -2,6 +2,7 @@ package job
 
 import (
 	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -19,21 +20,42 @@ type Event struct {
 	Owner   string    `json:"owner,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	At      time.Time `json:"at"`
+	Rev     uint64    `json:"rev"` // fleet_jobs revision this transition wrote
+	// What the backlog orders a queued job by.
+	Priority   int       `json:"priority,omitempty"`
+	Created    time.Time `json:"created,omitzero"`
+	Requires   Labels    `json:"requires,omitempty"`
+	RetryAt    time.Time `json:"retry_at,omitzero"`
+	Unroutable bool      `json:"unroutable,omitempty"`
 }
 
 // EventFor describes the transition from prev to next.
-func EventFor(prev, next Record) Event {
+func EventFor(prev, next Record, rev uint64) Event {
 	from := prev.State
 	if prev.ID == "" {
 		from = "" // creation
 	}
 	e := Event{JobID: next.ID, Product: next.Spec.Product, From: from, To: next.State,
-		Epoch: next.Epoch, Attempt: next.Attempt, Pool: next.Pool, Owner: next.Owner, At: next.Updated}
+		Epoch: next.Epoch, Attempt: next.Attempt, Pool: next.Pool, Owner: next.Owner, At: next.Updated,
+		Rev: rev, Priority: next.Spec.Priority, Created: next.Created, Requires: next.Spec.Requires,
+		RetryAt: next.RetryAt, Unroutable: next.Unroutable}
 	switch next.State {
 	case Failed, Dead, Cancelled, Queued:
 		e.Reason = next.LastError
 	}
 	return e
+}
+
+// DecodeEvent parses an event read from FLEET_EVENTS.
+func DecodeEvent(b []byte) (Event, error) {
+	var e Event
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, err
+	}
+	if !e.To.Valid() {
+		return e, fmt.Errorf("job: event for %s: unknown state %q", e.JobID, e.To)
+	}
+	return e, nil
 }
 
 // Encode returns the event's JSON.

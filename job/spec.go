@@ -68,6 +68,33 @@ func DecodeSpec(data []byte) (Spec, error) {
 	return s, nil
 }
 
+// DecodeSpecFor decodes a submission received on product's ingest subject:
+// a spec without a product takes the subject's, and a spec naming another
+// product is refused.
+func DecodeSpecFor(data []byte, product string) (Spec, error) {
+	var probe struct {
+		Product *string `json:"product"`
+	}
+	if json.Unmarshal(data, &probe) == nil && probe.Product == nil && utf8.Valid(data) && len(data) <= MaxSpecBytes {
+		var m map[string]json.RawMessage
+		if json.Unmarshal(data, &m) == nil && m != nil {
+			p, _ := json.Marshal(product)
+			m["product"] = p
+			if filled, err := json.Marshal(m); err == nil {
+				data = filled
+			}
+		}
+	}
+	s, err := DecodeSpec(data)
+	if err != nil {
+		return s, err
+	}
+	if s.Product != product {
+		return s, fmt.Errorf("%w: spec names product %q but was submitted on %q's subject", ErrInvalidSpec, s.Product, product)
+	}
+	return s, nil
+}
+
 // decodeStrict decodes exactly one JSON object, refusing unknown fields and
 // trailing data.
 func decodeStrict(data []byte, v any) error {

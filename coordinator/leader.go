@@ -1,0 +1,349 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/agentqueue/fleet/broker"
+	"github.com/agentqueue/fleet/job"
+	"github.com/agentqueue/fleet/subjects"
+)
+
+// Bounds on the leader's work in flight.
+const (
+	maxOutstanding = 256 // dispatches/requeues in flight at once
+	leaderWorkers  = 32
+	markBudget     = 64 // unroutable marks per gate round
+)
+
+// result is what a worker reports back to the leader loop.
+type result struct {
+	e   *entry
+	ev  *job.Event // the transition written, if any
+	err error
+}
+
+// lead runs the leader's duties until ctx ends: it rebuilds the model from
+// fleet_jobs, follows FLEET_EVENTS and fleet_factories, and runs the gate,
+// retries and the queue-state fold. One goroutine owns the model; workers
+// only do I/O and report back.
+func (c *Coordinator) lead(ctx context.Context) error {
+	m := newModel(c.cfg.Prefetch, c.cfg.GateOff)
+
+	// Events from here on are applied over the snapshot; the revision in
+	// each event makes the overlap harmless.
+	si, err := c.b.JS.Stream(ctx, subjects.StreamEvents)
+	if err != nil {
+		return fmt.Errorf("leader: events stream: %w", err)
+	}
+	info, err := si.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("leader: events stream info: %w", err)
+	}
+	var dispatched []*entry
+	if err := c.snapshotJobs(ctx, func(r job.Record, rev uint64) {
+		m.apply(job.EventFor(job.Record{}, r, rev))
+		if r.State == job.Dispatched {
+			dispatched = append(dispatched, m.jobs[r.ID])
+		}
+	}); err != nil {
+		return err
+	}
+
+	evCh := make(chan job.Event, 4096)
+	oc, err := c.b.JS.OrderedConsumer(ctx, subjects.StreamEvents, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.State.LastSeq + 1,
+	})
+	if err != nil {
+		return fmt.Errorf("leader: follow events: %w", err)
+	}
+	evCons, err := oc.Consume(func(msg jetstream.Msg) {
+		ev, err := job.DecodeEvent(msg.Data())
+		if err != nil {
+			c.log.Warn("undecodable event skipped", zap.String("subject", msg.Subject()), zap.Error(err))
+			return
+		}
+		select {
+		case evCh <- ev:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("leader: consume events: %w", err)
+	}
+	defer evCons.Stop()
+
+	facW, err := c.facs.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("leader: watch factories: %w", err)
+	}
+	defer func() { _ = facW.Stop() }()
+
+	local := make(chan job.Event, 4096)
+	c.mu.Lock()
+	c.local = local
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.local = nil
+		c.mu.Unlock()
+	}()
+
+	work := make(chan func() result, maxOutstanding)
+	results := make(chan result, maxOutstanding)
+	var wg sync.WaitGroup
+	wctx, stopWorkers := context.WithCancel(context.Background())
+	for range leaderWorkers {
+		wg.Go(func() {
+			for fn := range work {
+				results <- fn()
+			}
+		})
+	}
+	defer func() {
+		close(work)
+		stopWorkers()
+		// Drain so workers blocked on results can finish.
+		go func() {
+			for range results {
+			}
+		}()
+		wg.Wait()
+		close(results)
+	}()
+	outstanding := 0
+	submit := func(fn func() result) bool {
+		if outstanding >= maxOutstanding {
+			return false
+		}
+		outstanding++
+		work <- fn
+		return true
+	}
+
+	// A dispatch whose message may have been lost with the previous leader
+	// is published again under the same message id: a no-op if it exists.
+	for _, e := range dispatched {
+		if !submit(func() result { return c.republish(wctx, e) }) {
+			break
+		}
+	}
+
+	c.log.Info("leader ready", zap.Int("jobs", len(m.jobs)), zap.Int("factories", len(m.facs)))
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var lastQS time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-evCh:
+			m.apply(ev)
+		case ev := <-local:
+			m.apply(ev)
+		case r := <-results:
+			outstanding--
+			c.settle(m, r)
+		case u, ok := <-facW.Updates():
+			if !ok {
+				return errors.New("leader: factory watch closed")
+			}
+			if u == nil {
+				continue // end of the initial values
+			}
+			if u.Operation() != jetstream.KeyValuePut {
+				m.putFactory(u.Key(), nil)
+				continue
+			}
+			var fi job.FactoryInfo
+			if err := json.Unmarshal(u.Value(), &fi); err != nil || fi.Pool == "" {
+				c.log.Warn("undecodable factory record", zap.String("factory", u.Key()))
+				continue
+			}
+			m.putFactory(u.Key(), &fi)
+		case now := <-tick.C:
+			for _, id := range m.expireFactories(now, c.cfg.FactoryTTL) {
+				c.log.Warn("factory lost: no heartbeat", zap.String("factory", id), zap.Duration("ttl", c.cfg.FactoryTTL))
+			}
+			for _, e := range m.dueRetries(now, maxOutstanding-outstanding) {
+				submit(func() result { return c.requeue(wctx, e) })
+			}
+			if now.Sub(lastQS) >= c.cfg.QueueStateEvery {
+				lastQS = now
+				c.writeQueueState(ctx, m, now)
+			}
+		}
+		// Fold whatever else is already waiting before deciding.
+		for drained := 0; drained < 1024; drained++ {
+			select {
+			case ev := <-evCh:
+				m.apply(ev)
+				continue
+			case ev := <-local:
+				m.apply(ev)
+				continue
+			case r := <-results:
+				outstanding--
+				c.settle(m, r)
+				continue
+			default:
+			}
+			break
+		}
+		orders, marks := m.admit(maxOutstanding-outstanding, markBudget)
+		for _, o := range orders {
+			submit(func() result { return c.dispatch(wctx, o.e, o.pool) })
+		}
+		for _, e := range marks {
+			if !submit(func() result { return c.markUnroutable(wctx, e) }) {
+				e.marking = false
+			}
+		}
+	}
+}
+
+// settle applies a worker's result to the model.
+func (c *Coordinator) settle(m *model, r result) {
+	if r.ev != nil {
+		m.apply(*r.ev)
+	}
+	if r.err != nil {
+		c.log.Debug("leader operation", zap.String("job_id", r.e.id), zap.Error(r.err))
+	}
+	// Whatever did not happen is undone; an event supersedes it if the
+	// record moved on without us.
+	if r.e.pending {
+		if r.e.state == job.Failed {
+			m.leave(r.e)
+			r.e.pending = false
+			m.enter(r.e)
+		} else {
+			m.undo(r.e)
+		}
+	}
+	r.e.marking = false
+}
+
+// snapshotJobs reads every record in fleet_jobs once.
+func (c *Coordinator) snapshotJobs(ctx context.Context, fn func(job.Record, uint64)) error {
+	w, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("leader: read jobs: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	for u := range w.Updates() {
+		if u == nil {
+			return nil
+		}
+		r, err := job.DecodeRecord(u.Value())
+		if err != nil {
+			c.log.Warn("undecodable job record skipped", zap.String("job_id", u.Key()), zap.Error(err))
+			continue
+		}
+		fn(r, u.Revision())
+	}
+	return fmt.Errorf("leader: read jobs: %w", ctx.Err())
+}
+
+var errNotQueued = errors.New("job is no longer queued")
+
+// dispatch moves a queued job into pool: the record first (so the dispatch
+// generation exists before any message names it), then the pool message.
+func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) result {
+	now := time.Now().UTC()
+	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
+		if r.State != job.Queued {
+			return r, false, errNotQueued
+		}
+		n, err := r.Dispatch(pool, now)
+		return n, err == nil, err
+	})
+	if err != nil {
+		return result{e: e, err: err}
+	}
+	if err := c.publishDispatch(ctx, next); err != nil {
+		// Give the job back to the backlog; if that fails too, the leader's
+		// next start republishes it.
+		p2, n2, rev2, rerr := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
+			if r.State != job.Dispatched || r.DispatchGen != next.DispatchGen {
+				return r, false, nil
+			}
+			n, err := r.Requeue("dispatch not published: "+err.Error(), time.Now().UTC())
+			return n, err == nil, err
+		})
+		c.commit(ctx, prev, next, rev)
+		if rerr == nil && n2.State == job.Queued {
+			c.commit(ctx, p2, n2, rev2)
+			ev := job.EventFor(p2, n2, rev2)
+			return result{e: e, ev: &ev, err: err}
+		}
+		return result{e: e, err: err}
+	}
+	c.commit(ctx, prev, next, rev)
+	ev := job.EventFor(prev, next, rev)
+	return result{e: e, ev: &ev}
+}
+
+func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) error {
+	msg := nats.NewMsg(subjects.Jobs(r.Pool))
+	msg.Header.Set(subjects.HeaderJobID, r.ID)
+	msg.Header.Set(subjects.HeaderDispatchGen, fmt.Sprint(r.DispatchGen))
+	msg.Data, _ = json.Marshal(struct {
+		JobID       string `json:"job_id"`
+		DispatchGen uint64 `json:"dispatch_gen"`
+		Title       string `json:"title,omitempty"`
+	}{r.ID, r.DispatchGen, r.Spec.Title})
+	_, err := c.b.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(broker.DispatchMsgID(r.ID, r.DispatchGen)))
+	return err
+}
+
+func (c *Coordinator) republish(ctx context.Context, e *entry) result {
+	r, _, err := c.jobs.Get(ctx, e.id)
+	if err == nil && r.State == job.Dispatched {
+		err = c.publishDispatch(ctx, r)
+	}
+	return result{e: e, err: err}
+}
+
+// requeue returns a failed job to the backlog once its backoff is over.
+func (c *Coordinator) requeue(ctx context.Context, e *entry) result {
+	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
+		if r.State != job.Failed {
+			return r, false, nil
+		}
+		n, err := r.Requeue("", time.Now().UTC())
+		return n, err == nil, err
+	})
+	if err != nil || next.State != job.Queued || prev.State != job.Failed {
+		return result{e: e, err: err}
+	}
+	c.commit(ctx, prev, next, rev)
+	ev := job.EventFor(prev, next, rev)
+	return result{e: e, ev: &ev}
+}
+
+// markUnroutable flags a queued job that no live pool can serve.
+func (c *Coordinator) markUnroutable(ctx context.Context, e *entry) result {
+	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
+		if r.State != job.Queued || r.Unroutable {
+			return r, false, nil
+		}
+		r.Unroutable = true
+		r.Updated = time.Now().UTC()
+		return r, true, nil
+	})
+	if err != nil || !next.Unroutable || prev.Unroutable {
+		return result{e: e, err: err}
+	}
+	// A flag, not a transition: no event on FLEET_EVENTS, only the model learns.
+	ev := job.EventFor(prev, next, rev)
+	return result{e: e, ev: &ev}
+}

@@ -1,0 +1,352 @@
+package coordinator
+
+import (
+	"container/heap"
+	"time"
+
+	"github.com/agentqueue/fleet/job"
+	"github.com/agentqueue/fleet/scheduler"
+)
+
+// model is the leader's in-memory view of every unfinished job and every
+// live factory, folded from FLEET_EVENTS and fleet_factories. It holds no
+// specs — only what ordering, routing and counting need — so a queued job
+// costs a few hundred bytes. It is owned by the leader goroutine: no locks.
+type model struct {
+	jobs     map[string]*entry
+	classes  map[string]*class // queued jobs grouped by what they require
+	pools    map[string]*pool
+	facs     map[string]job.FactoryInfo
+	retries  retryHeap
+	poolsGen uint64 // bumped when the set or capabilities of live pools change
+	prefetch int
+	gateOff  bool
+	counts   map[job.State]int
+}
+
+type entry struct {
+	id         string
+	state      job.State
+	rev        uint64
+	pool       string // for dispatched/running
+	prio       int
+	created    int64
+	retryAt    int64
+	class      *class
+	qidx       int  // index in class.q, -1 when not queued there
+	ridx       int  // index in retries, -1 when not there
+	pending    bool // a dispatch or requeue is in flight
+	unroutable bool
+	marking    bool // an unroutable mark is in flight
+}
+
+func (e *entry) item() scheduler.Item {
+	return scheduler.Item{ID: e.id, Priority: e.prio, Created: e.created}
+}
+
+type class struct {
+	key      string
+	req      job.Labels
+	q        backlog
+	cands    []string // live pools covering req, as of candsGen
+	candsGen uint64
+	hidx     int
+}
+
+type pool struct {
+	name     string
+	caps     job.Labels
+	facs     map[string]job.FactoryInfo
+	slots    int
+	inflight int // dispatched + running + dispatches in flight
+	running  int
+}
+
+func newModel(prefetch int, gateOff bool) *model {
+	return &model{jobs: map[string]*entry{}, classes: map[string]*class{}, pools: map[string]*pool{},
+		facs: map[string]job.FactoryInfo{}, prefetch: prefetch, gateOff: gateOff, counts: map[job.State]int{}}
+}
+
+// apply folds one event in; events older than what is known are ignored.
+func (m *model) apply(ev job.Event) {
+	e := m.jobs[ev.JobID]
+	if e != nil && ev.Rev <= e.rev {
+		return
+	}
+	if e == nil {
+		if ev.To.Terminal() {
+			return
+		}
+		e = &entry{id: ev.JobID, qidx: -1, ridx: -1}
+		m.jobs[ev.JobID] = e
+	} else {
+		m.leave(e)
+	}
+	e.rev = ev.Rev
+	e.pending = false
+	e.marking = false
+	e.unroutable = ev.Unroutable
+	if ev.Created.IsZero() {
+		ev.Created = ev.At
+	}
+	if e.class == nil || ev.To == job.Queued {
+		e.prio, e.created = ev.Priority, ev.Created.UnixNano()
+		e.class = m.classFor(ev.Requires)
+	}
+	e.state, e.pool = ev.To, ev.Pool
+	if e.state.Terminal() {
+		delete(m.jobs, e.id)
+		return
+	}
+	if !ev.RetryAt.IsZero() {
+		e.retryAt = ev.RetryAt.UnixNano()
+	}
+	m.enter(e)
+}
+
+// leave removes e from every index its current state put it in.
+func (m *model) leave(e *entry) {
+	m.counts[e.state]--
+	if e.qidx >= 0 {
+		heap.Remove(&e.class.q, e.qidx)
+	}
+	if e.ridx >= 0 {
+		heap.Remove(&m.retries, e.ridx)
+	}
+	if e.inflightState() {
+		if p := m.pools[e.pool]; p != nil {
+			p.inflight--
+			if e.state == job.Running {
+				p.running--
+			}
+		}
+	}
+}
+
+func (e *entry) inflightState() bool {
+	return e.state == job.Dispatched || e.state == job.Running || e.state == job.Queued && e.pending && e.pool != ""
+}
+
+func (m *model) enter(e *entry) {
+	m.counts[e.state]++
+	switch e.state {
+	case job.Queued:
+		if !e.pending {
+			heap.Push(&e.class.q, e)
+		}
+	case job.Failed:
+		heap.Push(&m.retries, e)
+	}
+	if e.inflightState() {
+		p := m.pool(e.pool)
+		p.inflight++
+		if e.state == job.Running {
+			p.running++
+		}
+	}
+}
+
+func (m *model) classFor(req job.Labels) *class {
+	k := req.Key()
+	cl := m.classes[k]
+	if cl == nil {
+		cl = &class{key: k, req: req, hidx: -1}
+		m.classes[k] = cl
+	}
+	return cl
+}
+
+func (m *model) pool(name string) *pool {
+	p := m.pools[name]
+	if p == nil {
+		p = &pool{name: name, facs: map[string]job.FactoryInfo{}}
+		m.pools[name] = p
+	}
+	return p
+}
+
+// putFactory records a registration or heartbeat; nil info removes id.
+func (m *model) putFactory(id string, info *job.FactoryInfo) {
+	if old, ok := m.facs[id]; ok {
+		p := m.pools[old.Pool]
+		delete(p.facs, id)
+		m.recomputePool(p)
+		delete(m.facs, id)
+	}
+	if info != nil {
+		m.facs[id] = *info
+		p := m.pool(info.Pool)
+		p.facs[id] = *info
+		m.recomputePool(p)
+	}
+}
+
+// expireFactories forgets factories not seen for ttl.
+func (m *model) expireFactories(now time.Time, ttl time.Duration) (gone []string) {
+	for id, f := range m.facs {
+		if now.Sub(f.LastSeen) > ttl {
+			m.putFactory(id, nil)
+			gone = append(gone, id)
+		}
+	}
+	return gone
+}
+
+func (m *model) recomputePool(p *pool) {
+	var caps job.Labels
+	slots := 0
+	first := true
+	for _, f := range p.facs {
+		if first {
+			caps, first = f.Caps, false
+		} else {
+			caps = caps.Intersect(f.Caps)
+		}
+		slots += f.Slots
+	}
+	if slots != p.slots || caps.Key() != p.caps.Key() {
+		m.poolsGen++
+	}
+	p.caps, p.slots = caps, slots
+}
+
+func (m *model) view(p *pool) scheduler.Pool {
+	pf := m.prefetch
+	if m.gateOff {
+		pf = 1 << 30
+	}
+	return scheduler.Pool{Name: p.name, Caps: p.caps, Factories: len(p.facs), Slots: p.slots, Inflight: p.inflight, Prefetch: pf}
+}
+
+func (m *model) candidates(cl *class) []string {
+	if cl.candsGen != m.poolsGen || cl.cands == nil {
+		cl.cands = cl.cands[:0]
+		for _, p := range m.pools {
+			if m.view(p).Serves(cl.req) {
+				cl.cands = append(cl.cands, p.name)
+			}
+		}
+		cl.candsGen = m.poolsGen
+	}
+	return cl.cands
+}
+
+// order is one decision of the gate.
+type order struct {
+	e    *entry
+	pool string
+}
+
+// admit releases up to budget queued jobs into pools with room, best job
+// first; it also returns up to markBudget jobs no live pool can serve that
+// are not yet marked unroutable. Cost: O(classes + dispatched·log classes).
+func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*entry) {
+	var heads classHeap
+	for _, cl := range m.classes {
+		if cl.q.Len() == 0 {
+			continue
+		}
+		if len(m.candidates(cl)) == 0 {
+			for _, e := range cl.q {
+				if len(unroutable) >= markBudget {
+					break
+				}
+				if !e.unroutable && !e.marking {
+					e.marking = true
+					unroutable = append(unroutable, e)
+				}
+			}
+			continue
+		}
+		heads = append(heads, cl)
+	}
+	heap.Init(&heads)
+	for heads.Len() > 0 && len(orders) < budget {
+		cl := heap.Pop(&heads).(*class)
+		views := make([]scheduler.Pool, 0, len(cl.cands))
+		for _, name := range cl.cands {
+			views = append(views, m.view(m.pools[name]))
+		}
+		best, ok := scheduler.Pick(views)
+		if !ok {
+			continue
+		}
+		e := heap.Pop(&cl.q).(*entry)
+		e.pending, e.pool = true, best.Name
+		m.pools[best.Name].inflight++
+		orders = append(orders, order{e: e, pool: best.Name})
+		if cl.q.Len() > 0 {
+			heap.Push(&heads, cl)
+		}
+	}
+	return orders, unroutable
+}
+
+// undo puts back a job whose dispatch did not happen.
+func (m *model) undo(e *entry) {
+	if !e.pending || m.jobs[e.id] != e {
+		return
+	}
+	m.leave(e)
+	e.pending, e.pool = false, ""
+	m.enter(e)
+}
+
+// dueRetries pops failed jobs whose backoff is over.
+func (m *model) dueRetries(now time.Time, budget int) []*entry {
+	var out []*entry
+	for m.retries.Len() > 0 && len(out) < budget && m.retries[0].retryAt <= now.UnixNano() {
+		e := heap.Pop(&m.retries).(*entry)
+		e.pending = true
+		out = append(out, e)
+	}
+	return out
+}
+
+// backlog is a heap of queued entries in scheduler order.
+type backlog []*entry
+
+func (b backlog) Len() int           { return len(b) }
+func (b backlog) Less(i, j int) bool { return scheduler.Before(b[i].item(), b[j].item()) }
+func (b backlog) Swap(i, j int)      { b[i], b[j] = b[j], b[i]; b[i].qidx = i; b[j].qidx = j }
+func (b *backlog) Push(x any)        { e := x.(*entry); e.qidx = len(*b); *b = append(*b, e) }
+func (b *backlog) Pop() any {
+	old := *b
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*b = old[:len(old)-1]
+	e.qidx = -1
+	return e
+}
+
+// classHeap orders classes by their best queued job.
+type classHeap []*class
+
+func (h classHeap) Len() int { return len(h) }
+func (h classHeap) Less(i, j int) bool {
+	return scheduler.Before(h[i].q[0].item(), h[j].q[0].item())
+}
+func (h classHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *classHeap) Push(x any)   { *h = append(*h, x.(*class)) }
+func (h *classHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return c
+}
+
+// retryHeap orders failed jobs by when their backoff ends.
+type retryHeap []*entry
+
+func (r retryHeap) Len() int           { return len(r) }
+func (r retryHeap) Less(i, j int) bool { return r[i].retryAt < r[j].retryAt }
+func (r retryHeap) Swap(i, j int)      { r[i], r[j] = r[j], r[i]; r[i].ridx = i; r[j].ridx = j }
+func (r *retryHeap) Push(x any)        { e := x.(*entry); e.ridx = len(*r); *r = append(*r, e) }
+func (r *retryHeap) Pop() any {
+	old := *r
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	*r = old[:len(old)-1]
+	e.ridx = -1
+	return e
+}
