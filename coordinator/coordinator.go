@@ -95,20 +95,20 @@ func (c Config) withDefaults() (Config, error) {
 
 // Coordinator is one coordinator process's worth of control plane.
 type Coordinator struct {
-	cfg  Config
-	b    *broker.Broker
-	log  *zap.Logger
-	jobs *broker.Jobs
-	facs jetstream.KeyValue
-	qs   jetstream.KeyValue
+	cfg   Config
+	b     *broker.Broker
+	log   *zap.Logger
+	jobs  *broker.Jobs
+	facs  jetstream.KeyValue
+	qs    jetstream.KeyValue
 	cfgKV jetstream.KeyValue
-	met  *metrics
+	met   *metrics
 
 	sem chan struct{} // bounds concurrent handlers
 
 	mu       sync.Mutex
-	pools    map[string]bool     // pool consumers this process has ensured
-	local    chan job.Event      // the leader's own transitions, applied at once
+	pools    map[string]bool // pool consumers this process has ensured
+	local    chan job.Event  // the leader's own transitions, applied at once
 	isLeader bool
 	httpLn   net.Listener
 	ready    chan struct{}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -86,6 +87,9 @@ type lease struct {
 	epoch uint64
 	until time.Time
 	log   *zap.Logger
+
+	logMu   sync.Mutex // shipLine is called from the stdout and stderr pumps
+	lastLog jetstream.PubAckFuture
 }
 
 // keep renews the lease every renew interval: +WPI on the message, then
@@ -137,6 +141,7 @@ func (l *lease) keep(ctx context.Context, stop context.CancelCauseFunc) {
 // complete reports the outcome, then acks. It retries while no coordinator
 // answers, holding the message with +WPI, until the lease would lapse.
 func (l *lease) complete(out job.Outcome) {
+	l.flushLogs()
 	req := job.CompleteRequest{JobID: l.jobID, Epoch: l.epoch, Factory: l.f.cfg.ID, Outcome: out}
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -189,7 +194,28 @@ func (l *lease) shipLine(stream string, line []byte) {
 	m.Header.Set(subjects.HeaderEpoch, strconv.FormatUint(l.epoch, 10))
 	m.Header.Set(subjects.HeaderStream, stream)
 	m.Data = append([]byte(nil), line...)
-	if _, err := l.f.b.JS.PublishMsgAsync(m); err != nil {
+	l.logMu.Lock()
+	defer l.logMu.Unlock()
+	fut, err := l.f.b.JS.PublishMsgAsync(m)
+	if err != nil {
 		l.log.Debug("log line dropped", zap.Error(err))
+		return
+	}
+	l.lastLog = fut
+}
+
+// flushLogs waits until the job's last log line is stored (lines are stored
+// in order), so a reader who sees the outcome can read every line.
+func (l *lease) flushLogs() {
+	l.logMu.Lock()
+	fut := l.lastLog
+	l.logMu.Unlock()
+	if fut == nil {
+		return
+	}
+	select {
+	case <-fut.Ok():
+	case <-fut.Err():
+	case <-time.After(5 * time.Second):
 	}
 }

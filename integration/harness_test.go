@@ -71,7 +71,7 @@ func (f *fleet) connect(name string) *broker.Broker {
 func testCoordConfig() coordinator.Config {
 	return coordinator.Config{
 		LeaseTTL: testLease, RenewEvery: testRenew, FactoryTTL: 3 * time.Second,
-		Backoff: job.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond},
+		Backoff:         job.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond},
 		QueueStateEvery: 100 * time.Millisecond, LeaderTTL: time.Second,
 	}
 }

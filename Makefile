@@ -1,0 +1,50 @@
+# fleet — make targets. `make up` starts a fleet; `make test` is what CI runs.
+GO      ?= go
+BIN     ?= bin/fleet
+FUZZTIME ?= 5s
+# Every fuzz target, as package:Target.
+FUZZ_TARGETS = ./job:FuzzDecodeSpec ./job:FuzzDecodeClaim ./job:FuzzDecodeLease ./job:FuzzDecodeComplete \
+               ./job:FuzzDecodeCancel ./job:FuzzDecodeFactory ./subjects:FuzzValidToken
+
+.PHONY: build test unit fuzz-short fuzz up bench lint cross clean
+
+build:
+	$(GO) build -o $(BIN) ./cmd/fleet
+
+## test: vet, race-enabled tests of every package, and a short run of every fuzz target
+test: unit fuzz-short
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; fn=$${t##*:}; \
+	  echo "fuzz $$fn ($(FUZZTIME))"; \
+	  $(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; done
+
+## fuzz: every fuzz target for longer (FUZZTIME=10m make fuzz)
+fuzz: FUZZTIME = 2m
+fuzz: fuzz-short
+
+## up: a whole fleet on the embedded broker (Ctrl-C stops it)
+up: build
+	./$(BIN) up
+
+bench: build
+	./$(BIN) bench
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet ./...
+
+## cross: factories run on mac, linux and windows
+cross:
+	GOOS=darwin  GOARCH=amd64 $(GO) build -o /dev/null ./cmd/fleet
+	GOOS=darwin  GOARCH=arm64 $(GO) build -o /dev/null ./cmd/fleet
+	GOOS=windows GOARCH=amd64 $(GO) build -o /dev/null ./cmd/fleet
+	GOOS=windows GOARCH=arm64 $(GO) build -o /dev/null ./cmd/fleet
+	GOOS=linux   GOARCH=arm64 $(GO) build -o /dev/null ./cmd/fleet
+
+clean:
+	rm -rf bin .fleet
