@@ -140,7 +140,8 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	c.log.Info("leader ready", zap.Int("jobs", len(m.jobs)), zap.Int("factories", len(m.facs)))
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var lastQS time.Time
+	c.writeQueueState(ctx, m, time.Now())
+	lastQS := time.Now()
 	for {
 		select {
 		case <-ctx.Done():

@@ -122,7 +122,33 @@ func dash(s string) string {
 	return s
 }
 
+// errRerun tells an action that oneID already ran the command again.
+var errRerun = errors.New("rerun")
+
+func ignoreRerun(err error) error {
+	if errors.Is(err, errRerun) {
+		return nil
+	}
+	return err
+}
+
+// oneID returns the single job id argument. urfave/cli stops reading flags
+// at the first argument, so `fleet jobs show ID --json` would leave --json
+// unread: the command is then run again with the id moved after its flags.
 func oneID(c *cli.Context) (string, error) {
+	if c.NArg() > 1 && strings.HasPrefix(c.Args().Get(1), "-") {
+		var path []string
+		for _, l := range c.Lineage() {
+			if l.Command != nil && l.Command.Name != "" && l.Command.Name != c.App.Name {
+				path = append([]string{l.Command.Name}, path...)
+			}
+		}
+		args := append(append(append([]string{"fleet"}, path...), c.Args().Tail()...), c.Args().First())
+		if err := newApp().RunContext(c.Context, args); err != nil {
+			return "", err
+		}
+		return "", errRerun
+	}
 	if c.NArg() != 1 {
 		return "", cli.Exit("give one job id (see `fleet jobs ls`)", 2)
 	}
@@ -136,7 +162,7 @@ func oneID(c *cli.Context) (string, error) {
 func runJobsShow(c *cli.Context) error {
 	id, err := oneID(c)
 	if err != nil {
-		return err
+		return ignoreRerun(err)
 	}
 	b, err := connect(c, "fleet-cli", zap.NewNop())
 	if err != nil {
@@ -207,7 +233,7 @@ func runJobsShow(c *cli.Context) error {
 func runJobsCancel(c *cli.Context) error {
 	id, err := oneID(c)
 	if err != nil {
-		return err
+		return ignoreRerun(err)
 	}
 	b, err := connect(c, "fleet-cli", zap.NewNop())
 	if err != nil {

@@ -20,7 +20,7 @@ func logsCommand() *cli.Command {
 		Action: func(c *cli.Context) error {
 			id, err := oneID(c)
 			if err != nil {
-				return err
+				return ignoreRerun(err)
 			}
 			b, err := connect(c, "fleet-cli", zap.NewNop())
 			if err != nil {
