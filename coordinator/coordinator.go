@@ -37,8 +37,13 @@ type Config struct {
 	LeaseTTL   time.Duration // ack wait of pool consumers and lease of a claim; default 90s
 	RenewEvery time.Duration // how often factories renew; default 30s
 	FactoryTTL time.Duration // a factory unseen this long is gone; default LeaseTTL
-	Backoff    job.Backoff   // retry backoff; default job.DefaultBackoff
-	HTTPAddr   string        // "" = no HTTP server
+	// ReRouteAfter is how long a dispatched job waits in a pool with no
+	// live factory before it is routed again; default 2×FactoryTTL.
+	ReRouteAfter time.Duration
+	// ReconcileEvery is how often the reconciler looks; default LeaseTTL/4 (≥ 250ms).
+	ReconcileEvery time.Duration
+	Backoff        job.Backoff // retry backoff; default job.DefaultBackoff
+	HTTPAddr       string      // "" = no HTTP server
 	// QueueStateEvery is how often the leader writes fleet_queue_state.
 	QueueStateEvery time.Duration // default 1s
 	LeaderTTL       time.Duration // leadership lapses this long after the leader stops renewing; default 5s
@@ -81,6 +86,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.FactoryTTL <= 0 {
 		c.FactoryTTL = c.LeaseTTL
 	}
+	if c.ReRouteAfter <= 0 {
+		c.ReRouteAfter = 2 * c.FactoryTTL
+	}
+	if c.ReconcileEvery <= 0 {
+		c.ReconcileEvery = max(c.LeaseTTL/4, 250*time.Millisecond)
+	}
 	if c.QueueStateEvery <= 0 {
 		c.QueueStateEvery = time.Second
 	}
@@ -95,14 +106,15 @@ func (c Config) withDefaults() (Config, error) {
 
 // Coordinator is one coordinator process's worth of control plane.
 type Coordinator struct {
-	cfg   Config
-	b     *broker.Broker
-	log   *zap.Logger
-	jobs  *broker.Jobs
-	facs  jetstream.KeyValue
-	qs    jetstream.KeyValue
-	cfgKV jetstream.KeyValue
-	met   *metrics
+	cfg       Config
+	b         *broker.Broker
+	log       *zap.Logger
+	jobs      *broker.Jobs
+	facs      jetstream.KeyValue
+	qs        jetstream.KeyValue
+	cfgKV     jetstream.KeyValue
+	jobStream jetstream.Stream
+	met       *metrics
 
 	sem chan struct{} // bounds concurrent handlers
 
@@ -163,6 +175,9 @@ func (c *Coordinator) Run(ctx context.Context) error {
 	}
 	if c.cfgKV, err = c.b.KV(ctx, subjects.BucketConfig); err != nil {
 		return err
+	}
+	if c.jobStream, err = c.b.JS.Stream(ctx, subjects.StreamJobs); err != nil {
+		return fmt.Errorf("coordinator: %s: %w", subjects.StreamJobs, err)
 	}
 	var srv *http.Server
 	if c.cfg.HTTPAddr != "" {

@@ -137,6 +137,15 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		}
 	}
 
+	advisories := make(chan *nats.Msg, 256)
+	advSub, err := c.b.NC.ChanSubscribe(subjects.MaxDeliveriesAdvisory, advisories)
+	if err != nil {
+		return fmt.Errorf("leader: max-deliveries advisories: %w", err)
+	}
+	defer func() { _ = advSub.Unsubscribe() }()
+	reconcile := time.NewTicker(c.cfg.ReconcileEvery)
+	defer reconcile.Stop()
+
 	c.log.Info("leader ready", zap.Int("jobs", len(m.jobs)), zap.Int("factories", len(m.facs)))
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
@@ -170,6 +179,23 @@ func (c *Coordinator) lead(ctx context.Context) error {
 				continue
 			}
 			m.putFactory(u.Key(), &fi)
+		case adv := <-advisories:
+			data := adv.Data
+			c.spawn(func() { c.maxDelivered(wctx, data) })
+		case now := <-reconcile.C:
+			lapsed, stranded := m.reconcileCandidates(now, c.cfg.LeaseTTL, c.cfg.ReRouteAfter)
+			for _, e := range lapsed {
+				e.pending = true
+				if !submit(func() result { return c.readmitLapsed(wctx, e) }) {
+					e.pending = false
+				}
+			}
+			for _, e := range stranded {
+				e.pending = true
+				if !submit(func() result { return c.reroute(wctx, e) }) {
+					e.pending = false
+				}
+			}
 		case now := <-tick.C:
 			for _, id := range m.expireFactories(now, c.cfg.FactoryTTL) {
 				c.log.Warn("factory lost: no heartbeat", zap.String("factory", id), zap.Duration("ttl", c.cfg.FactoryTTL))
@@ -221,13 +247,16 @@ func (c *Coordinator) settle(m *model, r result) {
 	}
 	// Whatever did not happen is undone; an event supersedes it if the
 	// record moved on without us.
-	if r.e.pending {
-		if r.e.state == job.Failed {
+	if r.e.pending && m.jobs[r.e.id] == r.e {
+		switch r.e.state {
+		case job.Queued: // a dispatch that did not happen
+			m.undo(r.e)
+		case job.Failed: // a retry that did not happen: back in the retry heap
 			m.leave(r.e)
 			r.e.pending = false
 			m.enter(r.e)
-		} else {
-			m.undo(r.e)
+		default: // a reconciler check that changed nothing
+			r.e.pending = false
 		}
 	}
 	r.e.marking = false

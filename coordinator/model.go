@@ -32,6 +32,7 @@ type entry struct {
 	prio       int
 	created    int64
 	retryAt    int64
+	at         int64 // when the last transition happened (unix nanos)
 	class      *class
 	qidx       int  // index in class.q, -1 when not queued there
 	ridx       int  // index in retries, -1 when not there
@@ -60,6 +61,9 @@ type pool struct {
 	slots    int
 	inflight int // dispatched + running + dispatches in flight
 	running  int
+	// deadSince is when the pool lost its last live factory (zero while it
+	// has one, or before it ever had one).
+	deadSince time.Time
 }
 
 func newModel(prefetch int, gateOff bool) *model {
@@ -93,7 +97,7 @@ func (m *model) apply(ev job.Event) {
 		e.prio, e.created = ev.Priority, ev.Created.UnixNano()
 		e.class = m.classFor(ev.Requires)
 	}
-	e.state, e.pool = ev.To, ev.Pool
+	e.state, e.pool, e.at = ev.To, ev.Pool, ev.At.UnixNano()
 	if e.state.Terminal() {
 		delete(m.jobs, e.id)
 		return
@@ -172,11 +176,15 @@ func (m *model) putFactory(id string, info *job.FactoryInfo) {
 		delete(p.facs, id)
 		m.recomputePool(p)
 		delete(m.facs, id)
+		if len(p.facs) == 0 {
+			p.deadSince = time.Now()
+		}
 	}
 	if info != nil {
 		m.facs[id] = *info
 		p := m.pool(info.Pool)
 		p.facs[id] = *info
+		p.deadSince = time.Time{}
 		m.recomputePool(p)
 	}
 }

@@ -78,6 +78,15 @@ func testCoordConfig() coordinator.Config {
 
 func (f *fleet) startCoordinator(mod ...func(*coordinator.Config)) *coordinator.Coordinator {
 	f.t.Helper()
+	c := f.startCoordinatorNoWait(mod...)
+	testenv.Eventually(f.t, 10*time.Second, c.IsLeader, "coordinator never became leader")
+	return c
+}
+
+// startCoordinatorNoWait starts a coordinator and waits until it serves,
+// not until it leads.
+func (f *fleet) startCoordinatorNoWait(mod ...func(*coordinator.Config)) *coordinator.Coordinator {
+	f.t.Helper()
 	cfg := testCoordConfig()
 	for _, m := range mod {
 		m(&cfg)
@@ -102,7 +111,6 @@ func (f *fleet) startCoordinator(mod ...func(*coordinator.Config)) *coordinator.
 	case <-time.After(20 * time.Second):
 		f.t.Fatal("coordinator not ready after 20s")
 	}
-	testenv.Eventually(f.t, 10*time.Second, c.IsLeader, "coordinator never became leader")
 	return c
 }
 

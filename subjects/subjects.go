@@ -154,3 +154,7 @@ func ProductFromIngest(subject string) (string, bool) {
 // DeadProduct is the product used on FLEET_DEAD when a submission's subject
 // carried no usable product.
 const DeadProduct = "_unknown"
+
+// MaxDeliveriesAdvisory is the subject JetStream announces a message of
+// FLEET_JOBS that hit its consumer's MaxDeliver on.
+const MaxDeliveriesAdvisory = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + StreamJobs + ".*"
