@@ -291,10 +291,22 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 		finished = make(chan struct{})
 	)
 	start := time.Now()
-	for range cfg.Workers {
+	conss := make([]jetstream.Consumer, cfg.Workers)
+	for i := range conss {
+		conss[i] = r.cons
+		if perWorkerConn {
+			nc, _ := connect(cfg.URL, "w")
+			defer nc.Close()
+			js, _ := jetstream.New(nc)
+			conss[i], _ = js.Consumer(ctx, r.stream, "WORKERS")
+		}
+	}
+	start = time.Now()
+	for i := range cfg.Workers {
+		cons := conss[i]
 		wg.Go(func() {
 			for acked.Load() < target && runCtx.Err() == nil {
-				batch, err := r.cons.Fetch(drainBatch, jetstream.FetchContext(runCtx))
+				batch, err := cons.Fetch(drainBatch, jetstream.FetchContext(runCtx))
 				if err != nil {
 					if runCtx.Err() == nil {
 						failure.set(fmt.Errorf("bench: fetch: %w", err))
@@ -592,3 +604,5 @@ func StreamWrites(ctx context.Context, js jetstream.JetStream, streams ...string
 }
 
 var drainBatch = drainBatchConst
+
+var perWorkerConn bool

@@ -12,15 +12,18 @@ func TestExpBatch(t *testing.T) {
 	}
 	for _, sync := range []bool{false, true} {
 		url := startServer(t, sync)
-		for _, b := range []int{1, 4, 16, 32, 64} {
+		for _, pw := range []bool{false, true} {
+		perWorkerConn = pw
+		for _, b := range []int{16, 32} {
 			drainBatch = b
-			for i := 0; i < 2; i++ {
+			for i := 0; i < 3; i++ {
 				res, err := RawDrain(context.Background(), RawConfig{URL: url, Jobs: 20000, Workers: 16})
 				if err != nil {
 					t.Fatal(err)
 				}
-				t.Logf("sync=%v batch=%d: %v %.0f/s", sync, b, res.Elapsed, res.PerSec)
+				t.Logf("sync=%v perworker=%v batch=%d: %v %.0f/s", sync, pw, b, res.Elapsed, res.PerSec)
 			}
+		}
 		}
 	}
 }

@@ -169,4 +169,3 @@ func TestLeaderFailover(t *testing.T) {
 	v2 := f.submit(job.Spec{Product: "acme", Command: []string{"true"}})
 	f.waitState(v2.JobID, 20*time.Second, job.Succeeded)
 }
-
