@@ -31,7 +31,7 @@ const (
 	// drainBatch is the pull batch size each drain worker requests per Fetch.
 	// Every message is still DoubleAck'ed individually; the batch only
 	// amortises the per-Fetch inbox subscription and pull request.
-	drainBatchConst = 16
+	drainBatch = 32
 	// steadyFetchWait is the expiry of each steady-mode pull request; the
 	// server expires the request (408) so no message is ever delivered to an
 	// abandoned inbox.
@@ -245,7 +245,7 @@ func waitPublished(ctx context.Context, js jetstream.JetStream) error {
 // It creates a work-queue stream (file storage, R1) and one durable pull
 // consumer (AckExplicit, AckWait 30s, MaxAckPending -1), publishes N messages
 // of PayloadBytes with bounded PublishAsync and waits for every publish ack.
-// Only then does the clock start: W goroutines each loop Fetch(16) and
+// Only then does the clock start: W goroutines each loop Fetch(32) and
 // DoubleAck every message individually (the handler is a no-op). The clock
 // stops when the N-th DoubleAck returns. The stream is deleted afterwards.
 func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
@@ -291,22 +291,10 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 		finished = make(chan struct{})
 	)
 	start := time.Now()
-	conss := make([]jetstream.Consumer, cfg.Workers)
-	for i := range conss {
-		conss[i] = r.cons
-		if perWorkerConn {
-			nc, _ := connect(cfg.URL, "w")
-			defer nc.Close()
-			js, _ := jetstream.New(nc)
-			conss[i], _ = js.Consumer(ctx, r.stream, "WORKERS")
-		}
-	}
-	start = time.Now()
-	for i := range cfg.Workers {
-		cons := conss[i]
+	for range cfg.Workers {
 		wg.Go(func() {
 			for acked.Load() < target && runCtx.Err() == nil {
-				batch, err := cons.Fetch(drainBatch, jetstream.FetchContext(runCtx))
+				batch, err := r.cons.Fetch(drainBatch, jetstream.FetchContext(runCtx))
 				if err != nil {
 					if runCtx.Err() == nil {
 						failure.set(fmt.Errorf("bench: fetch: %w", err))
@@ -602,7 +590,3 @@ func StreamWrites(ctx context.Context, js jetstream.JetStream, streams ...string
 	}
 	return sum, nil
 }
-
-var drainBatch = drainBatchConst
-
-var perWorkerConn bool
