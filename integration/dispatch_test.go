@@ -65,12 +65,13 @@ func TestThousandJobsFourFactoriesExactlyOnce(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	var tot job.QueueState
 	testenv.Eventually(t, 120*time.Second, func() bool {
 		qs, err := f.b.ReadQueueState(context.Background())
-		tot := qs[subjects.QueueStateTotal]
+		tot = qs[subjects.QueueStateTotal]
 		return err == nil && tot.Queued == 0 && tot.Dispatched == 0 && tot.Running == 0 && tot.RetryWaiting == 0 &&
 			tot.Updated.After(time.Now().Add(-time.Second))
-	}, "fleet did not drain")
+	}, "fleet did not drain: %+v; %s", &tot, lazy(func() string { return f.unfinished(ids) }))
 	for _, id := range ids {
 		r := f.waitState(id, 10*time.Second, job.Succeeded)
 		b, err := os.ReadFile(filepath.Join(dir, id))

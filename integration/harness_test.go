@@ -289,3 +289,25 @@ func fmtStates(rs []job.Record) string {
 	}
 	return fmt.Sprint(m)
 }
+
+type lazy func() string
+
+func (l lazy) String() string { return l() }
+
+// unfinished describes the jobs among ids that have not succeeded.
+func (f *fleet) unfinished(ids []string) string {
+	var out []string
+	for _, id := range ids {
+		r, rev, err := f.jobs.Get(context.Background(), id)
+		if err != nil {
+			out = append(out, id+": "+err.Error())
+		} else if r.State != job.Succeeded {
+			out = append(out, fmt.Sprintf("%s: %s rev %d gen %d epoch %d owner %s lease %s err %q", id, r.State, rev, r.DispatchGen,
+				r.Epoch, r.Owner, r.LeaseUntil.Format("15:04:05.000"), r.LastError))
+		}
+		if len(out) > 10 {
+			break
+		}
+	}
+	return fmt.Sprint(len(out), " unfinished (first 10): ", out)
+}
