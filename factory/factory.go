@@ -152,18 +152,19 @@ func (f *Factory) Run(ctx context.Context) error {
 	hard, kill := context.WithCancelCause(context.Background())
 	defer kill(nil)
 
-	var jobs, loops sync.WaitGroup
+	// Each slot's loop runs its job inline, so waiting for the loops is
+	// waiting for the jobs.
+	var loops sync.WaitGroup
 	for range f.cfg.Slots {
-		loops.Go(func() { f.pull(ctx, hard, cons, &jobs) })
+		loops.Go(func() { f.pull(ctx, hard, cons) })
 	}
 	loops.Go(func() { f.heartbeat(ctx, kill) })
 	close(f.ready)
 	f.log.Info("factory running", zap.Strings("caps", f.cfg.Caps), zap.Int("slots", f.cfg.Slots))
 
-	<-ctx.Done()
-	loops.Wait() // no new jobs start after this
+	<-ctx.Done() // no new job starts after this; the grace period starts now
 	finished := make(chan struct{})
-	go func() { jobs.Wait(); close(finished) }()
+	go func() { loops.Wait(); close(finished) }()
 	select {
 	case <-finished:
 	case <-hard.Done():
@@ -241,7 +242,7 @@ func (f *Factory) heartbeat(ctx context.Context, kill context.CancelCauseFunc) {
 }
 
 // pull fetches one message at a time for one slot and runs it.
-func (f *Factory) pull(ctx, hard context.Context, cons jetstream.Consumer, jobs *sync.WaitGroup) {
+func (f *Factory) pull(ctx, hard context.Context, cons jetstream.Consumer) {
 	for ctx.Err() == nil && hard.Err() == nil {
 		fctx, cancel := context.WithTimeout(ctx, f.cfg.FetchWait)
 		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
@@ -259,11 +260,9 @@ func (f *Factory) pull(ctx, hard context.Context, cons jetstream.Consumer, jobs 
 			continue
 		}
 		for msg := range batch.Messages() {
-			jobs.Add(1)
 			f.setBusy(+1)
 			f.handle(hard, msg)
 			f.setBusy(-1)
-			jobs.Done()
 		}
 		cancel()
 	}

@@ -120,14 +120,18 @@ type runningFactory struct {
 	b      *broker.Broker
 	cancel context.CancelFunc
 	done   chan error
+	once   sync.Once
 }
 
-// stop asks the factory to stop gracefully and waits.
+// stop asks the factory to stop gracefully and waits; it may be called twice.
 func (r *runningFactory) stop(t *testing.T) {
-	r.cancel()
-	if err := <-r.done; err != nil {
-		t.Errorf("factory %s: %v", r.ID(), err)
-	}
+	r.once.Do(func() {
+		r.cancel()
+		if err := <-r.done; err != nil {
+			t.Errorf("factory %s: %v", r.ID(), err)
+		}
+		r.b.Close()
+	})
 }
 
 func (f *fleet) startFactory(cfg factory.Config) *runningFactory {
@@ -153,14 +157,7 @@ func (f *fleet) startFactoryOn(url string, cfg factory.Config) *runningFactory {
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &runningFactory{Factory: fa, b: b, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- fa.Run(ctx) }()
-	var once sync.Once
-	f.t.Cleanup(func() {
-		once.Do(func() {
-			cancel()
-			<-r.done
-			b.Close()
-		})
-	})
+	f.t.Cleanup(func() { r.stop(f.t) })
 	select {
 	case <-fa.Ready():
 	case err := <-r.done:
