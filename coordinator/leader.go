@@ -262,6 +262,18 @@ func (c *Coordinator) settle(m *model, r result) {
 	r.e.marking = false
 }
 
+// resynced reports an operation that found the record elsewhere than the
+// model thought (its event was lost or is still in flight): the record read
+// is handed back so the model catches up. It is how the model heals if an
+// event is ever missing.
+func resynced(e *entry, r job.Record, rev uint64, err error) result {
+	if r.ID == "" || rev == 0 {
+		return result{e: e, err: err}
+	}
+	ev := job.EventFor(job.Record{}, r, rev)
+	return result{e: e, ev: &ev, err: err}
+}
+
 // snapshotJobs reads every record in fleet_jobs once.
 func (c *Coordinator) snapshotJobs(ctx context.Context, fn func(job.Record, uint64)) error {
 	w, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
@@ -297,7 +309,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 		return n, err == nil, err
 	})
 	if err != nil {
-		return result{e: e, err: err}
+		return resynced(e, prev, rev, err)
 	}
 	if err := c.publishDispatch(ctx, next); err != nil {
 		// Give the job back to the backlog; if that fails too, the leader's
@@ -353,7 +365,7 @@ func (c *Coordinator) requeue(ctx context.Context, e *entry) result {
 		return n, err == nil, err
 	})
 	if err != nil || next.State != job.Queued || prev.State != job.Failed {
-		return result{e: e, err: err}
+		return resynced(e, prev, rev, err)
 	}
 	c.commit(ctx, prev, next, rev)
 	ev := job.EventFor(prev, next, rev)
@@ -371,7 +383,7 @@ func (c *Coordinator) markUnroutable(ctx context.Context, e *entry) result {
 		return r, true, nil
 	})
 	if err != nil || !next.Unroutable || prev.Unroutable {
-		return result{e: e, err: err}
+		return resynced(e, prev, rev, err)
 	}
 	// A flag, not a transition: no event on FLEET_EVENTS, only the model learns.
 	ev := job.EventFor(prev, next, rev)

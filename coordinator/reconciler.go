@@ -42,8 +42,14 @@ func (m *model) reconcileCandidates(now time.Time, lease, reroute time.Duration)
 				lapsed = append(lapsed, e)
 			}
 		case job.Dispatched:
-			if p := m.pools[e.pool]; p == nil || len(p.facs) == 0 && !p.deadSince.IsZero() && now.Sub(p.deadSince) > reroute {
+			p := m.pools[e.pool]
+			switch {
+			case p == nil || len(p.facs) == 0 && !p.deadSince.IsZero() && now.Sub(p.deadSince) > reroute:
 				stranded = append(stranded, e)
+			case now.Sub(time.Unix(0, e.at)) > lease:
+				// Unclaimed for a whole lease in a live pool: read it, in
+				// case the model missed its claim.
+				lapsed = append(lapsed, e)
 			}
 		}
 	}
@@ -53,9 +59,9 @@ func (m *model) reconcileCandidates(now time.Time, lease, reroute time.Duration)
 // readmitLapsed re-admits a running job whose lease lapsed a while ago and
 // whose message is no longer in FLEET_JOBS.
 func (c *Coordinator) readmitLapsed(ctx context.Context, e *entry) result {
-	r, _, err := c.jobs.Get(ctx, e.id)
+	r, rev, err := c.jobs.Get(ctx, e.id)
 	if err != nil || r.State != job.Running || time.Since(r.LeaseUntil) < c.cfg.LeaseTTL/2 {
-		return result{e: e, err: err}
+		return resynced(e, r, rev, err)
 	}
 	if r.StreamSeq != 0 {
 		_, gerr := c.jobStream.GetMsg(ctx, r.StreamSeq)
@@ -75,7 +81,7 @@ func (c *Coordinator) readmitLapsed(ctx context.Context, e *entry) result {
 		return n, err == nil, err
 	})
 	if err != nil || prev.State != job.Running || next.State != job.Queued {
-		return result{e: e, err: err}
+		return resynced(e, prev, rev, err)
 	}
 	c.log.Warn("re-admitted a job whose lease lapsed with no message", zap.String("job_id", e.id), zap.Uint64("epoch", epoch))
 	c.commit(ctx, prev, next, rev)
@@ -96,7 +102,7 @@ func (c *Coordinator) reroute(ctx context.Context, e *entry) result {
 		return n, err == nil, err
 	})
 	if err != nil || prev.State != job.Dispatched || next.State != job.Queued {
-		return result{e: e, err: err}
+		return resynced(e, prev, rev, err)
 	}
 	c.log.Warn("re-routing a job stranded in a dead pool", zap.String("job_id", e.id), zap.String("pool", pool))
 	c.commit(ctx, prev, next, rev)

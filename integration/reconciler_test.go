@@ -169,3 +169,44 @@ func TestLeaderFailover(t *testing.T) {
 	v2 := f.submit(job.Spec{Product: "acme", Command: []string{"true"}})
 	f.waitState(v2.JobID, 20*time.Second, job.Succeeded)
 }
+
+// A transition whose event never reached FLEET_EVENTS (its writer crashed
+// between the record CAS and the publish) must not leave the leader thinking
+// the pool is full: the reconciler re-reads the record and the model heals.
+func TestModelHealsFromLostEvent(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t, func(c *coordinator.Config) { c.Prefetch = -1 })
+	cons := f.registerFake("solo", "solo", "zz=4") // one slot, no prefetch
+	a := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"zz=4"}})
+	m := fetchOne(t, cons)
+	md, _ := m.Metadata()
+	var claim job.ClaimReply
+	if err := f.b.Call(context.Background(), subjects.VerbClaim, job.ClaimRequest{JobID: a.JobID, DispatchGen: 1, Factory: "solo",
+		StreamSeq: md.Sequence.Stream, Delivery: md.NumDelivered}, &claim); err != nil || claim.Verdict != job.VerdictRun {
+		t.Fatalf("claim: %v %+v", err, claim)
+	}
+	// Complete behind the coordinators' backs: the record moves, no event.
+	if _, _, _, err := f.jobs.Mutate(context.Background(), a.JobID, func(r job.Record) (job.Record, bool, error) {
+		n, err := r.Complete(claim.Epoch, "solo", job.Outcome{}, time.Now().UTC(), job.Backoff{})
+		return n, err == nil, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = m.Ack()
+	// Keep the fake factory alive while the leader heals.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+				var r job.RegisterReply
+				_ = f.b.Call(context.Background(), subjects.VerbHeartbeat, job.FactoryInfo{ID: "solo", Pool: "solo", Caps: []string{"zz=4"}, Slots: 1}, &r)
+			}
+		}
+	}()
+	b := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"zz=4"}})
+	f.waitState(b.JobID, 20*time.Second, job.Dispatched)
+}
