@@ -311,6 +311,10 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	if err != nil {
 		return resynced(e, prev, rev, err)
 	}
+	// The event goes out before the message, so a fast claim's event cannot
+	// overtake it on this connection.
+	c.commit(ctx, prev, next, rev)
+	ev := job.EventFor(prev, next, rev)
 	if err := c.publishDispatch(ctx, next); err != nil {
 		// Give the job back to the backlog; if that fails too, the leader's
 		// next start republishes it.
@@ -321,16 +325,12 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 			n, err := r.Requeue("dispatch not published: "+err.Error(), time.Now().UTC())
 			return n, err == nil, err
 		})
-		c.commit(ctx, prev, next, rev)
-		if rerr == nil && n2.State == job.Queued {
+		if rerr == nil && n2.State == job.Queued && p2.State == job.Dispatched {
 			c.commit(ctx, p2, n2, rev2)
-			ev := job.EventFor(p2, n2, rev2)
-			return result{e: e, ev: &ev, err: err}
+			ev = job.EventFor(p2, n2, rev2)
 		}
-		return result{e: e, err: err}
+		return result{e: e, ev: &ev, err: err}
 	}
-	c.commit(ctx, prev, next, rev)
-	ev := job.EventFor(prev, next, rev)
 	return result{e: e, ev: &ev}
 }
 

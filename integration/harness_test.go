@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -257,9 +258,13 @@ func readAll[T any](t *testing.T, js jetstream.JetStream, stream, filter string,
 	return out
 }
 
-// checkHistory asserts a job's events chain and each step is legal.
+// checkHistory asserts a job's events chain and each step is legal. Events
+// are ordered by the record revision they wrote: the stream's order is the
+// publishers', which several coordinators cannot agree on.
 func checkHistory(t *testing.T, id string, evs []job.Event) {
 	t.Helper()
+	evs = slices.Clone(evs)
+	slices.SortStableFunc(evs, func(a, b job.Event) int { return cmp.Compare(a.Rev, b.Rev) })
 	var cur job.State
 	for i, e := range evs {
 		if i == 0 {
