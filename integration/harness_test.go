@@ -211,16 +211,27 @@ type lazyErr struct{ r *job.Record }
 
 func (l lazyErr) String() string { return l.r.LastError }
 
-// events returns every event of job id, in stream order.
+// events returns every event of job id, in stream order, once the history
+// has caught up with the record (events are published after the record's
+// CAS, so a reader can see the record first).
 func (f *fleet) events(id string) []job.Event {
 	f.t.Helper()
-	return readAll(f.t, f.b.JS, subjects.StreamEvents, subjects.EventsForJob(id), func(m jetstream.Msg) job.Event {
-		e, err := job.DecodeEvent(m.Data())
+	var evs []job.Event
+	testenv.Eventually(f.t, 10*time.Second, func() bool {
+		_, rev, err := f.jobs.Get(context.Background(), id)
 		if err != nil {
-			f.t.Fatalf("bad event: %v", err)
+			return false
 		}
-		return e
-	})
+		evs = readAll(f.t, f.b.JS, subjects.StreamEvents, subjects.EventsForJob(id), func(m jetstream.Msg) job.Event {
+			e, err := job.DecodeEvent(m.Data())
+			if err != nil {
+				f.t.Fatalf("bad event: %v", err)
+			}
+			return e
+		})
+		return slices.ContainsFunc(evs, func(e job.Event) bool { return e.Rev == rev })
+	}, "job %s: no event for its current record revision", id)
+	return evs
 }
 
 // readAll reads every message on filter in stream with an ordered consumer.
