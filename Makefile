@@ -6,7 +6,7 @@ FUZZTIME ?= 5s
 FUZZ_TARGETS = ./job:FuzzDecodeSpec ./job:FuzzDecodeClaim ./job:FuzzDecodeLease ./job:FuzzDecodeComplete \
                ./job:FuzzDecodeCancel ./job:FuzzDecodeFactory ./subjects:FuzzValidToken
 
-.PHONY: build test unit fuzz-short fuzz up bench lint cross clean
+.PHONY: build test unit fuzz-short fuzz up bench chaos lint cross clean
 
 build:
 	$(GO) build -o $(BIN) ./cmd/fleet
@@ -33,6 +33,10 @@ up: build
 
 bench: build
 	./$(BIN) bench
+
+## chaos: every fault at soak length; prints the checker's table and writes chaos-report.json
+chaos:
+	$(GO) test -count=1 -timeout 60m -run TestChaos -v ./chaos -args -chaos.soak -chaos.report=$(CURDIR)/chaos-report.json
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
