@@ -262,6 +262,13 @@ func (c *Coordinator) settle(m *model, r result) {
 	r.e.marking = false
 }
 
+// committed publishes a worker's transition and reports it to the model.
+func (c *Coordinator) committed(ctx context.Context, e *entry, prev, next job.Record, rev uint64) result {
+	c.commit(ctx, prev, next, rev)
+	ev := job.EventFor(prev, next, rev)
+	return result{e: e, ev: &ev}
+}
+
 // resynced reports an operation that found the record elsewhere than the
 // model thought (its event was lost or is still in flight): the record read
 // is handed back so the model catches up. It is how the model heals if an
@@ -367,9 +374,7 @@ func (c *Coordinator) requeue(ctx context.Context, e *entry) result {
 	if err != nil || next.State != job.Queued || prev.State != job.Failed {
 		return resynced(e, prev, rev, err)
 	}
-	c.commit(ctx, prev, next, rev)
-	ev := job.EventFor(prev, next, rev)
-	return result{e: e, ev: &ev}
+	return c.committed(ctx, e, prev, next, rev)
 }
 
 // markUnroutable flags a queued job that no live pool can serve.

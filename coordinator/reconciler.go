@@ -84,9 +84,7 @@ func (c *Coordinator) readmitLapsed(ctx context.Context, e *entry) result {
 		return resynced(e, prev, rev, err)
 	}
 	c.log.Warn("re-admitted a job whose lease lapsed with no message", zap.String("job_id", e.id), zap.Uint64("epoch", epoch))
-	c.commit(ctx, prev, next, rev)
-	ev := job.EventFor(prev, next, rev)
-	return result{e: e, ev: &ev}
+	return c.committed(ctx, e, prev, next, rev)
 }
 
 // reroute takes back a dispatched job from a pool with no live factory. Its
@@ -105,9 +103,7 @@ func (c *Coordinator) reroute(ctx context.Context, e *entry) result {
 		return resynced(e, prev, rev, err)
 	}
 	c.log.Warn("re-routing a job stranded in a dead pool", zap.String("job_id", e.id), zap.String("pool", pool))
-	c.commit(ctx, prev, next, rev)
-	ev := job.EventFor(prev, next, rev)
-	return result{e: e, ev: &ev}
+	return c.committed(ctx, e, prev, next, rev)
 }
 
 // maxDelivered handles one MaxDeliver advisory: the message is read by its
