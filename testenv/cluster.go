@@ -172,12 +172,26 @@ func (c *Cluster) formed() string {
 		return "no meta leader"
 	}
 	running := 0
+	for _, s := range c.Servers {
+		if s.Server() != nil {
+			running++
+		}
+	}
 	for i, s := range c.Servers {
-		ns := s.Server()
+		s.mu.Lock()
+		ns, perRemote := s.srv, s.routesPerRemote
+		s.mu.Unlock()
 		if ns == nil {
 			continue
 		}
-		running++
+		// Full mesh: without it, interest (e.g. a client's reply inbox or a
+		// new stream's subjects) may not reach every node yet.
+		if got := ns.NumRemotes(); got < running-1 {
+			return fmt.Sprintf("node %d routed to %d of %d other nodes", i, got, running-1)
+		}
+		if got, want := ns.NumRoutes(), (running-1)*perRemote; got < want {
+			return fmt.Sprintf("node %d has %d of %d route connections", i, got, want)
+		}
 		if !ns.JetStreamIsCurrent() {
 			return fmt.Sprintf("node %d not current with the meta group", i)
 		}

@@ -80,6 +80,10 @@ type Server struct {
 	cfg nodeConfig
 	srv *server.Server
 	url string
+	// routesPerRemote is how many route connections this node opens to
+	// each other node once fully meshed (pool size plus pinned accounts),
+	// as resolved by nats-server from the options of the last start.
+	routesPerRemote int
 }
 
 // RunServer starts a single JetStream node on 127.0.0.1 with a random
@@ -104,6 +108,7 @@ func RunServer(t testing.TB) *Server {
 // later Restart binds the same one.
 func (s *Server) start() error {
 	opts := s.cfg.options()
+	// NewServer fills in defaults (route pool size, pinned accounts) in opts.
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("new server %q: %w", s.cfg.name, err)
@@ -129,6 +134,7 @@ func (s *Server) start() error {
 	s.mu.Lock()
 	s.cfg.port = addr.Port
 	s.srv = ns
+	s.routesPerRemote = max(opts.Cluster.PoolSize, 1) + len(opts.Cluster.PinnedAccounts)
 	s.url = fmt.Sprintf("nats://127.0.0.1:%d", addr.Port)
 	s.mu.Unlock()
 	return nil

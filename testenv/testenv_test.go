@@ -135,9 +135,12 @@ func TestClusterLeaderFailover(t *testing.T) {
 		t.Fatalf("add R3 stream after %s: %v", time.Since(start), err)
 	}
 	t.Logf("stream created at %s", time.Since(start))
-	if _, err := js.Publish("r.a", []byte("before")); err != nil {
-		t.Fatal(err)
-	}
+	// The stream's subject interest reaches the other nodes asynchronously,
+	// so the very first publish may briefly see "no responders".
+	Eventually(t, 10*time.Second, func() bool {
+		_, err = js.Publish("r.a", []byte("before"), nats.MsgId("before"))
+		return err == nil
+	}, "first publish to R: %v", lazy(func() string { return fmt.Sprint(err) }))
 
 	old := c.WaitStreamLeader(t, "R", 10*time.Second)
 	c.Kill(old)
@@ -152,7 +155,7 @@ func TestClusterLeaderFailover(t *testing.T) {
 	}, "no new leader for stream R after killing node %d", old)
 
 	Eventually(t, 30*time.Second, func() bool {
-		_, err = js.Publish("r.a", []byte("after"))
+		_, err = js.Publish("r.a", []byte("after"), nats.MsgId("after"))
 		return err == nil
 	}, "publish after failover: %v", lazy(func() string { return fmt.Sprint(err) }))
 
@@ -229,6 +232,16 @@ func TestProxyPauseResume(t *testing.T) {
 	}
 	if string(resp.Data) != "again" {
 		t.Fatalf("response %q", resp.Data)
+	}
+
+	// Leave the proxy paused with bytes held: cleanup must still stop every
+	// proxy goroutine (goleak checks this in TestMain).
+	p.Pause()
+	if err := nc.Publish("held", []byte("dropped")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.FlushTimeout(50 * time.Millisecond); err == nil {
+		t.Fatal("flush succeeded through a paused proxy")
 	}
 }
 
