@@ -1,11 +1,14 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/agentqueue/fleet/job"
@@ -21,6 +24,7 @@ import (
 // stale but never wrong.
 type Jobs struct {
 	KV jetstream.KeyValue
+	nc *nats.Conn
 
 	mu    sync.Mutex
 	cache map[string]cached
@@ -42,7 +46,7 @@ func (b *Broker) OpenJobs(ctx context.Context) (*Jobs, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Jobs{KV: kv, cache: map[string]cached{}, limit: DefaultJobCache}, nil
+	return &Jobs{KV: kv, nc: b.NC, cache: map[string]cached{}, limit: DefaultJobCache}, nil
 }
 
 // maxCachedRecord keeps large specs out of the cache.
@@ -78,7 +82,7 @@ func (s *Jobs) recall(id string) (cached, bool) {
 // ErrExists is returned by Create when the job id is taken.
 var ErrExists = errors.New("broker: job exists")
 
-// ErrConflict is returned by Update when the revision moved.
+// ErrConflict is returned by update when the revision moved.
 var ErrConflict = errors.New("broker: revision conflict")
 
 // Get reads a record and its revision.
@@ -99,6 +103,7 @@ func (s *Jobs) Get(ctx context.Context, id string) (job.Record, uint64, error) {
 
 // Create writes a new record; ErrExists if the id is taken.
 func (s *Jobs) Create(ctx context.Context, r job.Record) (uint64, error) {
+	r.Moved, r.From = true, ""
 	data := r.Encode()
 	rev, err := s.KV.Create(ctx, r.ID, data)
 	if errors.Is(err, jetstream.ErrKeyExists) {
@@ -111,8 +116,8 @@ func (s *Jobs) Create(ctx context.Context, r job.Record) (uint64, error) {
 	return rev, nil
 }
 
-// Update writes r if the key is still at rev; ErrConflict otherwise.
-func (s *Jobs) Update(ctx context.Context, r job.Record, rev uint64) (uint64, error) {
+// update writes r if the key is still at rev; ErrConflict otherwise.
+func (s *Jobs) update(ctx context.Context, r job.Record, rev uint64) (uint64, error) {
 	data := r.Encode()
 	n, err := s.KV.Update(ctx, r.ID, data, rev)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
@@ -128,26 +133,43 @@ func (s *Jobs) Update(ctx context.Context, r job.Record, rev uint64) (uint64, er
 // Mutation is a pure change to a record. Returning changed=false writes nothing.
 type Mutation func(job.Record) (next job.Record, changed bool, err error)
 
-// Mutate reads the record, applies fn, and writes the result with a CAS,
-// retrying from a fresh read when another writer got there first. It returns
-// the record before and after, and the new revision.
+// Mutate reads the record, applies fn, and writes the result with a CAS. It
+// returns the record before and after, and the new revision; the record
+// written is stamped with the transition it makes (Record.Moved, From).
+//
+// The first decision is made on the nearest copy: the record this store
+// wrote last, or a direct get, which any replica may answer from behind. A
+// decision that refuses, or a write that conflicts, is made again on the
+// stream leader's copy, so nothing is refused because a replica lagged.
 func (s *Jobs) Mutate(ctx context.Context, id string, fn Mutation) (prev, next job.Record, rev uint64, err error) {
-	c, fresh := s.recall(id)
 	for attempt := 0; ; attempt++ {
-		if fresh {
-			prev, rev, fresh = c.r, c.rev, false
-		} else if prev, rev, err = s.Get(ctx, id); err != nil {
+		switch c, ok := s.recall(id); {
+		case attempt == 0 && ok:
+			prev, rev = c.r, c.rev
+		case attempt == 0:
+			prev, rev, err = s.Get(ctx, id)
+		default:
+			prev, rev, err = s.getFromLeader(ctx, id)
+		}
+		if err != nil {
+			if attempt == 0 && errors.Is(err, job.ErrNotFound) {
+				continue
+			}
 			return prev, prev, 0, err
 		}
 		n, changed, err := fn(prev)
 		if err != nil || !changed {
-			if attempt == 0 && c.rev != 0 {
-				// Decided on a remembered record: decide again on a fresh one.
+			if attempt == 0 {
 				continue
 			}
 			return prev, prev, rev, err
 		}
-		nrev, err := s.Update(ctx, n, rev)
+		n.Moved = n.State != prev.State
+		n.From = ""
+		if n.Moved {
+			n.From = prev.State
+		}
+		nrev, err := s.update(ctx, n, rev)
 		if err == nil {
 			return prev, n, nrev, nil
 		}
@@ -159,3 +181,53 @@ func (s *Jobs) Mutate(ctx context.Context, id string, fn Mutation) (prev, next j
 		}
 	}
 }
+
+// getFromLeader reads a record through the stream leader's message-get API
+// (not a direct get, which any replica may serve from behind).
+func (s *Jobs) getFromLeader(ctx context.Context, id string) (job.Record, uint64, error) {
+	if !subjects.ValidToken(id) {
+		return job.Record{}, 0, fmt.Errorf("%w: %q is not a job id", job.ErrNotFound, id)
+	}
+	req, _ := json.Marshal(map[string]string{"last_by_subj": kvSubjectPrefix + id})
+	msg, err := s.nc.RequestWithContext(ctx, jsAPIPrefix+"STREAM.MSG.GET."+JobsKVStream, req)
+	if err != nil {
+		return job.Record{}, 0, fmt.Errorf("read job %s: %w", id, err)
+	}
+	var resp struct {
+		Message *struct {
+			Seq  uint64 `json:"seq"`
+			Hdrs []byte `json:"hdrs"`
+			Data []byte `json:"data"`
+		} `json:"message"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return job.Record{}, 0, fmt.Errorf("read job %s: bad reply: %w", id, err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.Code == 404:
+		return job.Record{}, 0, fmt.Errorf("%w: %s", job.ErrNotFound, id)
+	case resp.Error != nil:
+		return job.Record{}, 0, fmt.Errorf("read job %s: %s", id, resp.Error.Description)
+	case resp.Message == nil:
+		return job.Record{}, 0, fmt.Errorf("read job %s: empty reply", id)
+	case bytes.Contains(resp.Message.Hdrs, []byte("KV-Operation")):
+		return job.Record{}, 0, fmt.Errorf("%w: %s (deleted)", job.ErrNotFound, id)
+	}
+	r, err := job.DecodeRecord(resp.Message.Data)
+	if err == nil {
+		s.remember(r, resp.Message.Seq, len(resp.Message.Data))
+	}
+	return r, resp.Message.Seq, err
+}
+
+// JobsKVStream is the stream behind fleet_jobs: every record write, in order.
+const JobsKVStream = "KV_" + subjects.BucketJobs
+
+const (
+	jsAPIPrefix     = "$JS.API."
+	kvSubjectPrefix = "$KV." + subjects.BucketJobs + "."
+)

@@ -52,6 +52,12 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 	}
 }
 
+// JobHistory is how many revisions of each job record fleet_jobs keeps: the
+// coordinator's event relay reads every revision from the bucket's stream,
+// so a revision must outlive the relay's lag (a leader failover, a burst).
+// A job writes about four revisions per attempt, plus one per renewal.
+const JobHistory = 10
+
 // BucketConfigs returns the configuration of every fleet KV bucket.
 func (t Topology) BucketConfigs() []jetstream.KeyValueConfig {
 	t = t.withDefaults()
@@ -60,7 +66,7 @@ func (t Topology) BucketConfigs() []jetstream.KeyValueConfig {
 			Replicas: t.Replicas, Storage: jetstream.FileStorage}
 	}
 	return []jetstream.KeyValueConfig{
-		kv(subjects.BucketJobs, "job records: spec, state, epoch, owner, attempts", 1),
+		kv(subjects.BucketJobs, "job records: spec, state, epoch, owner, attempts", JobHistory),
 		kv(subjects.BucketFactories, "one key per factory: pool, capabilities, slots, last heartbeat", 1),
 		kv(subjects.BucketQueueState, "per-pool and total queue counts and ages", 1),
 		kv(subjects.BucketBudgets, "budgets", 5),

@@ -15,7 +15,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
@@ -120,7 +119,6 @@ type Coordinator struct {
 
 	mu       sync.Mutex
 	pools    map[string]bool // pool consumers this process has ensured
-	local    chan job.Event  // the leader's own transitions, applied at once
 	isLeader bool
 	httpLn   net.Listener
 	ready    chan struct{}
@@ -238,29 +236,10 @@ func (c *Coordinator) spawn(fn func()) {
 	}()
 }
 
-// commit publishes the event of a transition written at rev, dead-letters a
-// job that died, and hands the event to this process's leader if it is one.
-func (c *Coordinator) commit(ctx context.Context, prev, next job.Record, rev uint64) {
-	ev := job.EventFor(prev, next, rev)
-	msg := nats.NewMsg(subjects.Events(next.Spec.Product, next.ID))
-	msg.Data = ev.Encode()
-	if _, err := c.b.JS.PublishMsgAsync(msg); err != nil {
-		c.log.Warn("event not published", zap.String("job_id", next.ID), zap.Error(err))
-	}
-	if next.State == job.Dead && prev.State != job.Dead {
-		if err := c.b.DeadLetter(ctx, next.Spec.Product, broker.DeadJob, next.LastError, next.ID,
-			"dead:"+next.ID, next.Encode(), nil); err != nil {
-			c.log.Error("dead job not dead-lettered", zap.String("job_id", next.ID), zap.Error(err))
-		}
-	}
-	c.met.transition(next.State)
-	c.mu.Lock()
-	local := c.local
-	c.mu.Unlock()
-	if local != nil {
-		select {
-		case local <- ev:
-		default: // the leader is busy; it will see the event on FLEET_EVENTS
-		}
+// commit counts a transition this coordinator wrote. Its event and, for a
+// job that died, its dead letter are the relay's to write (relay.go).
+func (c *Coordinator) commit(prev, next job.Record) {
+	if next.State != prev.State {
+		c.met.transition(next.State)
 	}
 }

@@ -32,54 +32,33 @@ type result struct {
 }
 
 // lead runs the leader's duties until ctx ends: it rebuilds the model from
-// fleet_jobs, follows FLEET_EVENTS and fleet_factories, and runs the gate,
-// retries and the queue-state fold. One goroutine owns the model; workers
-// only do I/O and report back.
+// fleet_jobs and then follows every write to it (one watch: the snapshot,
+// then each change, in order), follows fleet_factories, relays the audit
+// trail, and runs the gate, retries, the reconciler and the queue-state
+// fold. One goroutine owns the model; workers only do I/O and report back.
 func (c *Coordinator) lead(ctx context.Context) error {
 	m := newModel(c.cfg.Prefetch, c.cfg.GateOff)
 
-	// Events from here on are applied over the snapshot; the revision in
-	// each event makes the overlap harmless.
-	si, err := c.b.JS.Stream(ctx, subjects.StreamEvents)
+	jobsW, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return fmt.Errorf("leader: events stream: %w", err)
+		return fmt.Errorf("leader: watch jobs: %w", err)
 	}
-	info, err := si.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("leader: events stream info: %w", err)
-	}
+	defer func() { _ = jobsW.Stop() }()
 	var dispatched []*entry
-	if err := c.snapshotJobs(ctx, func(r job.Record, rev uint64) {
-		m.apply(job.EventFor(job.Record{}, r, rev))
-		if r.State == job.Dispatched {
-			dispatched = append(dispatched, m.jobs[r.ID])
+	for u := range jobsW.Updates() {
+		if u == nil {
+			break // the snapshot is complete; changes follow
 		}
-	}); err != nil {
-		return err
-	}
-
-	evCh := make(chan job.Event, 4096)
-	oc, err := c.b.JS.OrderedConsumer(ctx, subjects.StreamEvents, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: info.State.LastSeq + 1,
-	})
-	if err != nil {
-		return fmt.Errorf("leader: follow events: %w", err)
-	}
-	evCons, err := oc.Consume(func(msg jetstream.Msg) {
-		ev, err := job.DecodeEvent(msg.Data())
-		if err != nil {
-			c.log.Warn("undecodable event skipped", zap.String("subject", msg.Subject()), zap.Error(err))
-			return
+		if r, ok := c.decodeRecord(u); ok {
+			m.apply(job.EventFor(job.Record{}, r, u.Revision()))
+			if r.State == job.Dispatched {
+				dispatched = append(dispatched, m.jobs[r.ID])
+			}
 		}
-		select {
-		case evCh <- ev:
-		case <-ctx.Done():
-		}
-	})
-	if err != nil {
-		return fmt.Errorf("leader: consume events: %w", err)
 	}
-	defer evCons.Stop()
+	if ctx.Err() != nil {
+		return nil
+	}
 
 	facW, err := c.facs.WatchAll(ctx)
 	if err != nil {
@@ -87,14 +66,12 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	}
 	defer func() { _ = facW.Stop() }()
 
-	local := make(chan job.Event, 4096)
-	c.mu.Lock()
-	c.local = local
-	c.mu.Unlock()
+	rctx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- c.relay(rctx) }()
 	defer func() {
-		c.mu.Lock()
-		c.local = nil
-		c.mu.Unlock()
+		stopRelay()
+		<-relayDone
 	}()
 
 	work := make(chan func() result, maxOutstanding)
@@ -155,10 +132,16 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-evCh:
-			m.apply(ev)
-		case ev := <-local:
-			m.apply(ev)
+		case u, ok := <-jobsW.Updates():
+			if !ok {
+				return errors.New("leader: job watch closed")
+			}
+			if r, ok := c.decodeRecord(u); ok {
+				m.apply(job.EventFor(job.Record{}, r, u.Revision()))
+			}
+		case err := <-relayDone:
+			relayDone <- err // for the deferred wait
+			return fmt.Errorf("leader: relay stopped: %w", err)
 		case r := <-results:
 			outstanding--
 			c.settle(m, r)
@@ -183,10 +166,16 @@ func (c *Coordinator) lead(ctx context.Context) error {
 			data := adv.Data
 			c.spawn(func() { c.maxDelivered(wctx, data) })
 		case now := <-reconcile.C:
-			lapsed, stranded := m.reconcileCandidates(now, c.cfg.LeaseTTL, c.cfg.ReRouteAfter)
+			lapsed, unclaimed, stranded := m.reconcileCandidates(now, c.cfg.LeaseTTL, c.cfg.ReRouteAfter)
 			for _, e := range lapsed {
-				e.pending = true
+				e.pending, e.checked = true, now.UnixNano()
 				if !submit(func() result { return c.readmitLapsed(wctx, e) }) {
+					e.pending = false
+				}
+			}
+			for _, e := range unclaimed {
+				e.pending, e.checked = true, now.UnixNano()
+				if !submit(func() result { return c.checkDispatched(wctx, e) }) {
 					e.pending = false
 				}
 			}
@@ -211,11 +200,12 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		// Fold whatever else is already waiting before deciding.
 		for drained := 0; drained < 1024; drained++ {
 			select {
-			case ev := <-evCh:
-				m.apply(ev)
-				continue
-			case ev := <-local:
-				m.apply(ev)
+			case u, ok := <-jobsW.Updates():
+				if ok {
+					if r, ok := c.decodeRecord(u); ok {
+						m.apply(job.EventFor(job.Record{}, r, u.Revision()))
+					}
+				}
 				continue
 			case r := <-results:
 				outstanding--
@@ -264,7 +254,7 @@ func (c *Coordinator) settle(m *model, r result) {
 
 // committed publishes a worker's transition and reports it to the model.
 func (c *Coordinator) committed(ctx context.Context, e *entry, prev, next job.Record, rev uint64) result {
-	c.commit(ctx, prev, next, rev)
+	c.commit(prev, next)
 	ev := job.EventFor(prev, next, rev)
 	return result{e: e, ev: &ev}
 }
@@ -281,25 +271,18 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 	return result{e: e, ev: &ev, err: err}
 }
 
-// snapshotJobs reads every record in fleet_jobs once.
-func (c *Coordinator) snapshotJobs(ctx context.Context, fn func(job.Record, uint64)) error {
-	w, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
+// decodeRecord decodes a watched record; an undecodable one is logged and
+// skipped.
+func (c *Coordinator) decodeRecord(u jetstream.KeyValueEntry) (job.Record, bool) {
+	if u == nil || u.Operation() != jetstream.KeyValuePut {
+		return job.Record{}, false
+	}
+	r, err := job.DecodeRecord(u.Value())
 	if err != nil {
-		return fmt.Errorf("leader: read jobs: %w", err)
+		c.log.Warn("undecodable job record skipped", zap.String("job_id", u.Key()), zap.Error(err))
+		return job.Record{}, false
 	}
-	defer func() { _ = w.Stop() }()
-	for u := range w.Updates() {
-		if u == nil {
-			return nil
-		}
-		r, err := job.DecodeRecord(u.Value())
-		if err != nil {
-			c.log.Warn("undecodable job record skipped", zap.String("job_id", u.Key()), zap.Error(err))
-			continue
-		}
-		fn(r, u.Revision())
-	}
-	return fmt.Errorf("leader: read jobs: %w", ctx.Err())
+	return r, true
 }
 
 var errNotQueued = errors.New("job is no longer queued")
@@ -318,11 +301,9 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	if err != nil {
 		return resynced(e, prev, rev, err)
 	}
-	// The event goes out before the message, so a fast claim's event cannot
-	// overtake it on this connection.
-	c.commit(ctx, prev, next, rev)
+	c.commit(prev, next)
 	ev := job.EventFor(prev, next, rev)
-	if err := c.publishDispatch(ctx, next); err != nil {
+	if _, err := c.publishDispatch(ctx, next); err != nil {
 		// Give the job back to the backlog; if that fails too, the leader's
 		// next start republishes it.
 		p2, n2, rev2, rerr := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
@@ -333,7 +314,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 			return n, err == nil, err
 		})
 		if rerr == nil && n2.State == job.Queued && p2.State == job.Dispatched {
-			c.commit(ctx, p2, n2, rev2)
+			c.commit(p2, n2)
 			ev = job.EventFor(p2, n2, rev2)
 		}
 		return result{e: e, ev: &ev, err: err}
@@ -341,7 +322,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	return result{e: e, ev: &ev}
 }
 
-func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) error {
+func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) (*jetstream.PubAck, error) {
 	msg := nats.NewMsg(subjects.Jobs(r.Pool))
 	msg.Header.Set(subjects.HeaderJobID, r.ID)
 	msg.Header.Set(subjects.HeaderDispatchGen, fmt.Sprint(r.DispatchGen))
@@ -350,14 +331,13 @@ func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) error {
 		DispatchGen uint64 `json:"dispatch_gen"`
 		Title       string `json:"title,omitempty"`
 	}{r.ID, r.DispatchGen, r.Spec.Title})
-	_, err := c.b.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(broker.DispatchMsgID(r.ID, r.DispatchGen)))
-	return err
+	return c.b.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(broker.DispatchMsgID(r.ID, r.DispatchGen)))
 }
 
 func (c *Coordinator) republish(ctx context.Context, e *entry) result {
 	r, _, err := c.jobs.Get(ctx, e.id)
 	if err == nil && r.State == job.Dispatched {
-		err = c.publishDispatch(ctx, r)
+		_, err = c.publishDispatch(ctx, r)
 	}
 	return result{e: e, err: err}
 }

@@ -33,6 +33,7 @@ type entry struct {
 	created    int64
 	retryAt    int64
 	at         int64 // when the last transition happened (unix nanos)
+	checked    int64 // when the reconciler last looked at it (unix nanos)
 	class      *class
 	qidx       int  // index in class.q, -1 when not queued there
 	ridx       int  // index in retries, -1 when not there

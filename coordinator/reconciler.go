@@ -28,17 +28,22 @@ import (
 // Its checks produce work items for the leader's workers; nothing here
 // touches the model.
 
-// candidates for the periodic check, collected by the leader loop.
-func (m *model) reconcileCandidates(now time.Time, lease, reroute time.Duration) (lapsed, stranded []*entry) {
+// reconcileCandidates collects, for the periodic check, running jobs whose
+// lease could have lapsed, dispatched jobs unclaimed for a lease in a live
+// pool, and dispatched jobs stranded in a dead pool. Each is looked at again
+// only a lease after its last look, so a long backlog costs O(backlog) reads
+// per lease, not per tick.
+func (m *model) reconcileCandidates(now time.Time, lease, reroute time.Duration) (lapsed, unclaimed, stranded []*entry) {
 	for _, e := range m.jobs {
 		if e.pending {
 			continue
 		}
+		quiet := now.Sub(time.Unix(0, max(e.at, e.checked))) > lease
 		switch e.state {
 		case job.Running:
 			// The record is read only once the lease could have lapsed
 			// since the claim; renewals move it, so the read decides.
-			if now.Sub(time.Unix(0, e.at)) > lease {
+			if quiet {
 				lapsed = append(lapsed, e)
 			}
 		case job.Dispatched:
@@ -46,14 +51,12 @@ func (m *model) reconcileCandidates(now time.Time, lease, reroute time.Duration)
 			switch {
 			case p == nil || len(p.facs) == 0 && !p.deadSince.IsZero() && now.Sub(p.deadSince) > reroute:
 				stranded = append(stranded, e)
-			case now.Sub(time.Unix(0, e.at)) > lease:
-				// Unclaimed for a whole lease in a live pool: read it, in
-				// case the model missed its claim.
-				lapsed = append(lapsed, e)
+			case quiet:
+				unclaimed = append(unclaimed, e)
 			}
 		}
 	}
-	return lapsed, stranded
+	return lapsed, unclaimed, stranded
 }
 
 // readmitLapsed re-admits a running job whose lease lapsed a while ago and
@@ -84,6 +87,44 @@ func (c *Coordinator) readmitLapsed(ctx context.Context, e *entry) result {
 		return resynced(e, prev, rev, err)
 	}
 	c.log.Warn("re-admitted a job whose lease lapsed with no message", zap.String("job_id", e.id), zap.Uint64("epoch", epoch))
+	return c.committed(ctx, e, prev, next, rev)
+}
+
+// checkDispatched looks at a job unclaimed for a whole lease in a live pool:
+// its message should be waiting in FLEET_JOBS. The message is published
+// again under its message id. If none was ever stored (a publish lost with
+// a broker node), that stores it. If JetStream reports a duplicate, its
+// answer names the stored copy; if that copy is gone — consumed without a
+// claim taking the job — the job is dispatched again under a new
+// generation. A message merely waiting its turn is left alone.
+func (c *Coordinator) checkDispatched(ctx context.Context, e *entry) result {
+	r, rev, err := c.jobs.Get(ctx, e.id)
+	if err != nil || r.State != job.Dispatched {
+		return resynced(e, r, rev, err)
+	}
+	ack, err := c.publishDispatch(ctx, r)
+	if err != nil {
+		return result{e: e, err: err}
+	}
+	if !ack.Duplicate {
+		c.log.Warn("a dispatched job had no message; published it again", zap.String("job_id", e.id), zap.Uint64("dispatch_gen", r.DispatchGen))
+		return result{e: e}
+	}
+	if _, err := c.jobStream.GetMsg(ctx, ack.Sequence); !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return result{e: e, err: err} // still waiting in the queue (or unreadable now)
+	}
+	gen := r.DispatchGen
+	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
+		if r.State != job.Dispatched || r.DispatchGen != gen {
+			return r, false, nil
+		}
+		n, err := r.Requeue(fmt.Sprintf("message of dispatch %d was consumed without a claim; dispatched again", gen), time.Now().UTC())
+		return n, err == nil, err
+	})
+	if err != nil || prev.State != job.Dispatched || next.State != job.Queued {
+		return resynced(e, prev, rev, err)
+	}
+	c.log.Warn("a dispatched job's message was consumed without a claim; dispatching it again", zap.String("job_id", e.id), zap.Uint64("dispatch_gen", gen))
 	return c.committed(ctx, e, prev, next, rev)
 }
 
@@ -131,7 +172,7 @@ func (c *Coordinator) maxDelivered(ctx context.Context, data []byte) {
 	killed := false
 	if subjects.ValidToken(id) {
 		// The job dies with the reason; commit dead-letters its record.
-		prev, next, rev, err := c.jobs.Mutate(ctx, id, func(r job.Record) (job.Record, bool, error) {
+		prev, next, _, err := c.jobs.Mutate(ctx, id, func(r job.Record) (job.Record, bool, error) {
 			if r.State.Terminal() || r.DispatchGen != gen || !job.CanTransition(r.State, job.Dead) {
 				return r, false, nil
 			}
@@ -140,7 +181,7 @@ func (c *Coordinator) maxDelivered(ctx context.Context, data []byte) {
 		})
 		if err == nil && next.State == job.Dead && prev.State != job.Dead {
 			c.log.Warn("poison job marked dead", zap.String("job_id", id), zap.Uint64("deliveries", adv.Deliveries))
-			c.commit(ctx, prev, next, rev)
+			c.commit(prev, next)
 			killed = true
 		}
 	}

@@ -87,31 +87,7 @@ func (f *fleet) startCoordinator(mod ...func(*coordinator.Config)) *coordinator.
 // startCoordinatorNoWait starts a coordinator and waits until it serves,
 // not until it leads.
 func (f *fleet) startCoordinatorNoWait(mod ...func(*coordinator.Config)) *coordinator.Coordinator {
-	f.t.Helper()
-	cfg := testCoordConfig()
-	for _, m := range mod {
-		m(&cfg)
-	}
-	c, err := coordinator.New(f.connect("coordinator"), cfg, f.log)
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	f.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			f.t.Errorf("coordinator: %v", err)
-		}
-	})
-	select {
-	case <-c.Ready():
-	case err := <-done:
-		f.t.Fatalf("coordinator did not start: %v", err)
-	case <-time.After(20 * time.Second):
-		f.t.Fatal("coordinator not ready after 20s")
-	}
+	c, _ := f.runCoordinator(mod...)
 	return c
 }
 

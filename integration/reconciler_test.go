@@ -31,6 +31,25 @@ func (f *fleet) registerFake(id, pool string, caps ...string) jetstream.Consumer
 	return cons
 }
 
+// keepAlive heartbeats a fake factory until the test ends.
+func (f *fleet) keepAlive(id, pool string, caps ...string) {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	f.t.Cleanup(func() { close(stop); <-done })
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+				var r job.RegisterReply
+				_ = f.b.Call(context.Background(), subjects.VerbHeartbeat, job.FactoryInfo{ID: id, Pool: pool, Caps: caps, Slots: 1}, &r)
+			}
+		}
+	}()
+}
+
 func (f *fleet) deregister(id, pool string, caps ...string) {
 	f.t.Helper()
 	var r job.RegisterReply
@@ -170,9 +189,10 @@ func TestLeaderFailover(t *testing.T) {
 	f.waitState(v2.JobID, 20*time.Second, job.Succeeded)
 }
 
-// A transition whose event never reached FLEET_EVENTS (its writer crashed
-// between the record CAS and the publish) must not leave the leader thinking
-// the pool is full: the reconciler re-reads the record and the model heals.
+// A transition written behind the coordinators' backs (by a writer that
+// published nothing, like one killed right after its CAS) must not leave
+// the leader thinking the pool is full, and must still reach the audit
+// trail: the leader follows the bucket, and relays its event.
 func TestModelHealsFromLostEvent(t *testing.T) {
 	t.Parallel()
 	f := startFleet(t, func(c *coordinator.Config) { c.Prefetch = -1 })
@@ -193,20 +213,62 @@ func TestModelHealsFromLostEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = m.Ack()
-	// Keep the fake factory alive while the leader heals.
-	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(300 * time.Millisecond):
-				var r job.RegisterReply
-				_ = f.b.Call(context.Background(), subjects.VerbHeartbeat, job.FactoryInfo{ID: "solo", Pool: "solo", Caps: []string{"zz=4"}, Slots: 1}, &r)
-			}
-		}
-	}()
+	f.keepAlive("solo", "solo", "zz=4") // while the leader heals
 	b := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"zz=4"}})
 	f.waitState(b.JobID, 20*time.Second, job.Dispatched)
+	evs := f.events(a.JobID)
+	checkHistory(t, a.JobID, evs)
+	if last := evs[len(evs)-1]; last.From != job.Running || last.To != job.Succeeded {
+		t.Fatalf("last event %s→%s", last.From, last.To)
+	}
+}
+
+// Regression (chaos suite, BUG-2): a dispatched job whose message was
+// consumed without a claim — a factory told "drop" by a claim that read a
+// replica behind the record, then acked — stayed dispatched for ever. The
+// reconciler now sees that the message is gone and dispatches it again.
+func TestReconcilerRedispatchesConsumedMessage(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	cons := f.registerFake("gulp", "gulp", "zz=5")
+	f.keepAlive("gulp", "gulp", "zz=5")
+	v := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"zz=5"}})
+	m := fetchOne(t, cons)
+	if err := m.DoubleAck(context.Background()); err != nil { // gone, unclaimed
+		t.Fatal(err)
+	}
+	m = fetchOne(t, cons) // the reconciler's new dispatch
+	md, _ := m.Metadata()
+	if m.Headers().Get(subjects.HeaderJobID) != v.JobID || m.Headers().Get(subjects.HeaderDispatchGen) != "2" {
+		t.Fatalf("redispatch: headers %v", m.Headers())
+	}
+	var claim job.ClaimReply
+	if err := f.b.Call(context.Background(), subjects.VerbClaim, job.ClaimRequest{JobID: v.JobID, DispatchGen: 2, Factory: "gulp",
+		StreamSeq: md.Sequence.Stream, Delivery: md.NumDelivered}, &claim); err != nil || claim.Verdict != job.VerdictRun {
+		t.Fatalf("claim: %v %+v", err, claim)
+	}
+	checkHistory(t, v.JobID, f.events(v.JobID))
+}
+
+// Regression (chaos suite, BUG-2): a job recorded as dispatched whose pool
+// message was never stored (its publish was lost with a broker node) gets
+// the message published again.
+func TestReconcilerRepublishesMissingMessage(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	cons := f.registerFake("lone", "lone", "zz=6")
+	f.keepAlive("lone", "lone", "zz=6")
+	// A job no pool can serve stays queued; it is then moved into the pool
+	// behind the leader's back, with no message.
+	v := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"zz=7"}})
+	if _, _, _, err := f.jobs.Mutate(context.Background(), v.JobID, func(r job.Record) (job.Record, bool, error) {
+		n, err := r.Dispatch("lone", time.Now().UTC())
+		return n, err == nil, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	m := fetchOne(t, cons)
+	if m.Headers().Get(subjects.HeaderJobID) != v.JobID || m.Headers().Get(subjects.HeaderDispatchGen) != "1" {
+		t.Fatalf("republished: headers %v", m.Headers())
+	}
 }

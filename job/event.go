@@ -46,6 +46,19 @@ func EventFor(prev, next Record, rev uint64) Event {
 	return e
 }
 
+// Transition returns the event of the transition that the revision rev of
+// r wrote, if it wrote one (see Record.Moved).
+func (r Record) Transition(rev uint64) (Event, bool) {
+	if !r.Moved {
+		return Event{}, false
+	}
+	prev := Record{}
+	if r.From != "" {
+		prev = Record{ID: r.ID, State: r.From}
+	}
+	return EventFor(prev, r, rev), true
+}
+
 // DecodeEvent parses an event read from FLEET_EVENTS.
 func DecodeEvent(b []byte) (Event, error) {
 	var e Event

@@ -30,6 +30,13 @@ type Record struct {
 	Updated     time.Time `json:"updated"`
 	Started     time.Time `json:"started,omitzero"`
 	Finished    time.Time `json:"finished,omitzero"`
+
+	// Moved and From describe the write that stored this revision: whether
+	// it changed the state, and from what. The store stamps them on every
+	// write, so each revision of fleet_jobs carries its own transition and
+	// the audit trail can be derived from the bucket's stream alone.
+	Moved bool  `json:"moved,omitempty"`
+	From  State `json:"from,omitempty"`
 }
 
 // NewRecord makes the queued record of a validated spec.
@@ -107,8 +114,13 @@ func (r Record) Claim(c ClaimRequest, now time.Time, lease time.Duration) (Recor
 	switch {
 	case r.State.Terminal():
 		return drop("job is " + string(r.State))
-	case c.DispatchGen != r.DispatchGen:
+	case c.DispatchGen < r.DispatchGen:
 		return drop(fmt.Sprintf("delivery is of dispatch %d, the job is at dispatch %d", c.DispatchGen, r.DispatchGen))
+	case c.DispatchGen > r.DispatchGen:
+		// The message is newer than the record read: a copy of the record
+		// that is behind. Never drop on it (the ack would lose the job).
+		return r, ClaimResult{Verdict: VerdictLater, Retry: time.Second,
+			Reason: fmt.Sprintf("delivery is of dispatch %d, the record read is at dispatch %d", c.DispatchGen, r.DispatchGen)}
 	case r.State == Running:
 		redelivered := c.StreamSeq == r.StreamSeq && c.Delivery > r.Delivery
 		if now.Before(r.LeaseUntil) && !redelivered {

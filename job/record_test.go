@@ -48,8 +48,20 @@ func TestClaimRules(t *testing.T) {
 	if res.Verdict != VerdictDrop || r3.State != Dead || !res.Changed {
 		t.Fatalf("claim past max attempts: %+v %+v", res, r3)
 	}
+	// A delivery of a dispatch the record read has not reached (a replica
+	// behind): later, never drop — the ack would lose the job.
+	if _, res := r1.Claim(ClaimRequest{JobID: "j1", DispatchGen: 7, Factory: "fa", Delivery: 1}, t0, time.Second); res.Verdict != VerdictLater || res.Changed {
+		t.Fatalf("generation ahead of the record: %+v", res)
+	}
 	// Stale dispatch generation: drop.
-	if _, res := r1.Claim(ClaimRequest{JobID: "j1", DispatchGen: 7, Factory: "fa", Delivery: 1}, t0, time.Second); res.Verdict != VerdictDrop || res.Changed {
+	redispatched, err := r1.Requeue("again", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if redispatched, err = redispatched.Dispatch("p", t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, res := redispatched.Claim(ClaimRequest{JobID: "j1", DispatchGen: 1, Factory: "fa", Delivery: 1}, t0, time.Second); res.Verdict != VerdictDrop || res.Changed {
 		t.Fatalf("stale generation: %+v", res)
 	}
 	// Finished job: drop.

@@ -34,6 +34,7 @@ func newApp() *cli.App {
 			logsCommand(),
 			queueStateCommand(),
 			leaseCommand(),
+			benchCommand(),
 		},
 	}
 }

@@ -1,0 +1,216 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/agentqueue/fleet/broker"
+	"github.com/agentqueue/fleet/job"
+	"github.com/agentqueue/fleet/subjects"
+)
+
+// The relay writes the audit trail. Every write of a job record is a
+// message of the fleet_jobs bucket's stream, and every record carries the
+// transition its write made (job.Record.Moved/From), so the bucket's stream
+// *is* the outbox: the leader reads it in order and publishes one event per
+// transition on FLEET_EVENTS, with Nats-Msg-Id "<job>:<rev>". A writer that
+// dies right after its compare-and-set loses nothing, because the event was
+// never its to publish; a relay that dies resumes from its checkpoint (the
+// key relayKey in fleet_config: every message up to it has been relayed),
+// and what it publishes again inside the duplicate window is dropped by
+// JetStream. Dead jobs are copied to FLEET_DEAD here too, for the same
+// reason. One publisher in revision order also means FLEET_EVENTS holds each
+// job's history in order.
+//
+// The bucket keeps jobHistory revisions per key (broker.Topology), so a
+// relay that lags — across a leader failover, or under a burst — still
+// finds every revision it has not relayed, unless one job was written more
+// than that many times meanwhile.
+
+const (
+	relayKey        = "relay"
+	relayCheckpoint = time.Second // how often the checkpoint is saved
+	relayAckWait    = 5 * time.Second
+	relayWindow     = 4096 // events in flight
+)
+
+type relayed struct {
+	seq  uint64      // stream sequence of the record's message (its revision)
+	ev   *nats.Msg   // the event to publish, if this revision is a transition
+	id   string      // its message id
+	dead *job.Record // the record, if it died at this revision
+	ack  jetstream.PubAckFuture
+}
+
+// relay runs until ctx ends.
+func (c *Coordinator) relay(ctx context.Context) error {
+	start, err := c.relayStart(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if start > 0 {
+		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start}
+	}
+	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, cfg)
+	if err != nil {
+		return fmt.Errorf("relay: read %s: %w", broker.JobsKVStream, err)
+	}
+	inflight := make(chan relayed, relayWindow)
+	cons, err := oc.Consume(func(msg jetstream.Msg) {
+		it, ok := c.relayOne(msg)
+		if !ok {
+			return
+		}
+		select {
+		case inflight <- it:
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("relay: consume %s: %w", broker.JobsKVStream, err)
+	}
+	defer cons.Stop()
+	c.log.Debug("relay started", zap.Uint64("from_seq", start))
+
+	var done, saved uint64
+	save := time.NewTicker(relayCheckpoint)
+	defer save.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			if done > saved {
+				sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				c.saveRelay(sctx, done)
+				cancel()
+			}
+			return nil
+		case it := <-inflight:
+			if c.settleRelayed(ctx, it) {
+				done = it.seq
+			}
+		case <-save.C:
+			if done > saved {
+				c.saveRelay(ctx, done)
+				saved = done
+			}
+		}
+	}
+}
+
+// relayOne turns one message of the bucket's stream into the work of
+// relaying it, publishing its event at once (asynchronously).
+func (c *Coordinator) relayOne(msg jetstream.Msg) (relayed, bool) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return relayed{}, false
+	}
+	it := relayed{seq: meta.Sequence.Stream}
+	if msg.Headers().Get("KV-Operation") != "" {
+		return it, true // a delete or purge: not a record
+	}
+	r, err := job.DecodeRecord(msg.Data())
+	if err != nil {
+		c.log.Warn("undecodable job record not relayed", zap.String("subject", msg.Subject()), zap.Error(err))
+		return it, true
+	}
+	ev, ok := r.Transition(it.seq)
+	if !ok {
+		return it, true
+	}
+	it.ev = nats.NewMsg(subjects.Events(r.Spec.Product, r.ID))
+	it.ev.Data = ev.Encode()
+	it.id = r.ID + ":" + strconv.FormatUint(it.seq, 10)
+	if r.State == job.Dead {
+		it.dead = &r
+	}
+	if it.ack, err = c.b.JS.PublishMsgAsync(it.ev, jetstream.WithMsgID(it.id)); err != nil {
+		it.ack = nil // published again, synchronously, when settled
+	}
+	return it, true
+}
+
+// settleRelayed waits until the event of it is stored (publishing it again
+// if its asynchronous publish failed or went unanswered) and dead-letters a
+// dead job. It reports false only when ctx ended first.
+func (c *Coordinator) settleRelayed(ctx context.Context, it relayed) bool {
+	if it.ev == nil {
+		return true
+	}
+	stored := false
+	if it.ack != nil {
+		t := time.NewTimer(relayAckWait)
+		select {
+		case <-it.ack.Ok():
+			stored = true
+		case <-it.ack.Err():
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+	if !stored && !c.retry(ctx, "event "+it.id, func(ctx context.Context) error {
+		_, err := c.b.JS.PublishMsg(ctx, it.ev, jetstream.WithMsgID(it.id))
+		return err
+	}) {
+		return false
+	}
+	if d := it.dead; d != nil && !c.retry(ctx, "dead letter of "+d.ID, func(ctx context.Context) error {
+		return c.b.DeadLetter(ctx, d.Spec.Product, broker.DeadJob, d.LastError, d.ID, "dead:"+d.ID, d.Encode(), nil)
+	}) {
+		return false
+	}
+	return true
+}
+
+// retry runs op until it succeeds or ctx ends, backing off up to 2s.
+func (c *Coordinator) retry(ctx context.Context, what string, op func(context.Context) error) bool {
+	for backoff := 50 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+		if ctx.Err() != nil {
+			return false
+		}
+		octx, cancel := context.WithTimeout(ctx, relayAckWait)
+		err := op(octx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		c.log.Warn("relay: retrying", zap.String("what", what), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// relayStart is the first sequence of the bucket's stream not yet relayed
+// (0: from the beginning).
+func (c *Coordinator) relayStart(ctx context.Context) (uint64, error) {
+	e, err := c.cfgKV.Get(ctx, relayKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("relay: read checkpoint: %w", err)
+	}
+	n, err := strconv.ParseUint(string(e.Value()), 10, 64)
+	if err != nil {
+		c.log.Warn("relay: unreadable checkpoint; relaying from the beginning", zap.ByteString("value", e.Value()))
+		return 0, nil
+	}
+	return n + 1, nil
+}
+
+func (c *Coordinator) saveRelay(ctx context.Context, seq uint64) {
+	if _, err := c.cfgKV.Put(ctx, relayKey, []byte(strconv.FormatUint(seq, 10))); err != nil {
+		c.log.Warn("relay: checkpoint not saved", zap.Uint64("seq", seq), zap.Error(err))
+	}
+}
