@@ -5,7 +5,6 @@ package chaos
 import (
 	"cmp"
 	"fmt"
-	"maps"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -151,16 +150,11 @@ func runScenario(t *testing.T, b bins, sc scenario, out *Row) {
 		row.Notes = append(row.Notes, fmt.Sprintf("fault %d at %s: %s; recovery %dms", i+1, clock(f.At), f.What, row.RecoveryMs[i]))
 	}
 	row.Pass = len(row.Violations) == 0
-	known, _ := e.explainKnown(in, row)
 	if !drained {
 		// After the checker ran: does a leader change repair the stuck jobs?
 		if probe := e.leaderChangeProbe(); probe != "" {
 			row.Notes = append(row.Notes, probe)
 		}
-	}
-	if known != "" && !soak() {
-		row.Known = knownIDs(known)
-		row.Notes = append(row.Notes, "skipped in short mode: every violation is a known fleet bug: "+known)
 	}
 	row.DurationSec = time.Since(start).Seconds()
 	*out = row
@@ -173,96 +167,8 @@ func runScenario(t *testing.T, b bins, sc scenario, out *Row) {
 		t.Logf("fenced control calls by verb: %v", row.FencedCalls)
 	}
 	if !row.Pass {
-		if row.Known != "" {
-			t.Skipf("KNOWN FLEET BUGS (%s; see the chaos suite's report): %s: %s — %s\nevidence:\n  %s",
-				row.Known, sc.name, strings.Join(row.Violations, ", "), known, strings.Join(row.Evidence, "\n  "))
-		}
 		t.Errorf("%s: the fleet broke its promises: %s\n  %s", sc.name, strings.Join(row.Violations, ", "), strings.Join(row.Evidence, "\n  "))
 	}
-}
-
-// knownIDs picks the bug ids ("BUG-1,BUG-2") out of an explanation.
-func knownIDs(why string) string {
-	var ids []string
-	for _, id := range []string{"BUG-1", "BUG-2"} {
-		if strings.Contains(why, id+":") {
-			ids = append(ids, id)
-		}
-	}
-	return strings.Join(ids, ",")
-}
-
-// Known bugs, found by this suite and reported with their evidence.
-const (
-	bug1 = "BUG-1: FLEET_EVENTS is fire-and-forget — coordinator.commit publishes each event with PublishMsgAsync, and " +
-		"broker.Connect sets no jetstream.WithPublishAsyncTimeout, so an event whose stream leader is frozen or gone " +
-		"is lost (without even a log line when its ack never comes); the leader's model learns of jobs other coordinators created or changed only from " +
-		"those events and is rebuilt from fleet_jobs only on election, so a job whose creation event is lost is never " +
-		"dispatched (lost) and the audit trail has holes (gaps)"
-	bug2 = "BUG-2: a job left dispatched with no message in FLEET_JOBS is never run — the record stays dispatched, " +
-		"FLEET_JOBS and the pool consumer hold nothing for it, the reconciler only re-reads long-dispatched jobs to " +
-		"heal the model (coordinator/reconciler.go reconcileCandidates/readmitLapsed), and a new leader's republish " +
-		"under the same Nats-Msg-Id is deduplicated for 2 minutes. Ways in seen or suspected after a broker node " +
-		"resumed: the dispatch publish failed and the requeue in coordinator/leader.go dispatch() failed too; or a " +
-		"claim read the record through a lagging replica (KV direct get), got not-found or an older dispatch_gen and " +
-		"answered drop (coordinator/control.go claim), so the factory acked the message"
-)
-
-// explainKnown reports whether every violation of row is explained by
-// BUG-1 or BUG-2, and how. Any other violation — a job finished twice, a
-// stale effect, an illegal transition, a success without its effect, a lost
-// job without a gap in its history or a dispatch message — is not.
-func (e *env) explainKnown(in Input, row Row) (string, bool) {
-	if row.Pass {
-		return "", false
-	}
-	if row.SucceededTwice+row.StaleEffects+row.IllegalHistories+row.NoEffect > 0 {
-		return "", false
-	}
-	for _, v := range row.Violations {
-		if !strings.HasSuffix(v, " lost") && !strings.HasSuffix(v, " history gaps") {
-			return "", false // a scenario's own check failed
-		}
-	}
-	byJob := map[string][]StoredEvent{}
-	for _, ev := range in.Events {
-		byJob[ev.JobID] = append(byJob[ev.JobID], ev)
-	}
-	var msgs map[string]bool
-	why := map[string]bool{}
-	if row.HistoryGaps > 0 {
-		why[bug1] = true
-	}
-	for _, s := range in.Submissions {
-		r, ok := in.Records[s.JobID]
-		if !ok || r.State.Terminal() {
-			if !ok {
-				return "", false
-			}
-			continue
-		}
-		evs := byJob[s.JobID]
-		slices.SortFunc(evs, func(a, b StoredEvent) int { return cmp.Compare(a.Rev, b.Rev) })
-		_, _, _, gaps := checkHistory(evs, r, true)
-		switch {
-		case len(gaps) > 0:
-			why[bug1] = true
-		case r.State == job.Dispatched:
-			if msgs == nil {
-				msgs = e.jobMessages()
-			}
-			if msgs[s.JobID] {
-				return "", false
-			}
-			why[bug2] = true
-		default:
-			return "", false
-		}
-	}
-	if len(why) == 0 {
-		return "", false
-	}
-	return strings.Join(slices.Sorted(maps.Keys(why)), "; "), true
 }
 
 // fail adds a scenario-specific violation and its evidence.

@@ -116,9 +116,6 @@ type Row struct {
 	Violations        []string       `json:"violations,omitempty"` // one line per kind: "2 lost"
 	Evidence          []string       `json:"evidence,omitempty"`   // the jobs and facts behind them
 	Pass              bool           `json:"pass"`
-	// Known names the known fleet bugs that explain every violation, when
-	// the suite skipped (rather than failed) the scenario for them.
-	Known string `json:"known_bugs,omitempty"`
 }
 
 // maxDetails bounds the evidence lines kept per kind of violation.
@@ -469,9 +466,6 @@ func FormatTable(rows []Row) string {
 		result := "PASS"
 		if !r.Pass {
 			result = "FAIL: " + strings.Join(r.Violations, ", ")
-			if r.Known != "" {
-				result += " (known: " + r.Known + ")"
-			}
 		}
 		fenced := 0
 		for _, n := range r.FencedCalls {

@@ -407,16 +407,6 @@ func (e *env) leaderChangeProbe() string {
 		done, len(stuck), time.Since(changed).Round(100*time.Millisecond), l.id, left)
 }
 
-// jobMessages lists the jobs FLEET_JOBS holds a message for.
-func (e *env) jobMessages() map[string]bool {
-	out := map[string]bool{}
-	_ = e.readStream(subjects.StreamJobs, func(m jetstream.Msg) error {
-		out[m.Headers().Get(subjects.HeaderJobID)] = true
-		return nil
-	})
-	return out
-}
-
 func orMissing(s job.State, ok bool) string {
 	if !ok {
 		return "missing"
@@ -435,9 +425,9 @@ func (e *env) waitJobsGone(d time.Duration) {
 	}
 }
 
-// collect reads what the checker needs. Events are published after their
-// record is written, asynchronously: it reads again (for a while) while
-// the histories do not yet account for every record.
+// collect reads what the checker needs. Events are relayed by the leader
+// after their record is written: it reads again (for a while) while the
+// histories do not yet account for every record.
 func (e *env) collect(fault string) Input {
 	e.t.Helper()
 	e.mu.Lock()

@@ -41,7 +41,10 @@ func TestTransitionsWrittenWithoutPublisherAreRelayed(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := f.submit(job.Spec{Product: "acme", Command: []string{"true"}, Requires: []string{"nobody=here"}})
-	cancel := func(r job.Record) (job.Record, bool, error) { n, err := r.Cancel("test", time.Now().UTC()); return n, err == nil, err }
+	cancel := func(r job.Record) (job.Record, bool, error) {
+		n, err := r.Cancel("test", time.Now().UTC())
+		return n, err == nil, err
+	}
 	if _, _, _, err := f.jobs.Mutate(context.Background(), a.JobID, cancel); err != nil {
 		t.Fatal(err)
 	}
@@ -64,8 +67,14 @@ func TestTransitionsWrittenWithoutPublisherAreRelayed(t *testing.T) {
 		t.Fatal(err)
 	}
 	steps := []broker.Mutation{
-		func(r job.Record) (job.Record, bool, error) { n, err := r.Dispatch("nowhere", time.Now().UTC()); return n, err == nil, err },
-		func(r job.Record) (job.Record, bool, error) { n, err := r.Requeue("test", time.Now().UTC()); return n, err == nil, err },
+		func(r job.Record) (job.Record, bool, error) {
+			n, err := r.Dispatch("nowhere", time.Now().UTC())
+			return n, err == nil, err
+		},
+		func(r job.Record) (job.Record, bool, error) {
+			n, err := r.Requeue("test", time.Now().UTC())
+			return n, err == nil, err
+		},
 		cancel,
 	}
 	for i, step := range steps {
