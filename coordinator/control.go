@@ -68,7 +68,7 @@ func (c *Coordinator) claim(ctx context.Context, data []byte) job.ClaimReply {
 		return job.ClaimReply{Err: job.NewCtlError(err)}
 	}
 	var res job.ClaimResult
-	prev, next, _, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
+	prev, next, rev, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
 		n, cr := r.Claim(req, time.Now().UTC(), c.cfg.LeaseTTL)
 		res = cr
 		return n, cr.Changed, nil
@@ -81,7 +81,7 @@ func (c *Coordinator) claim(ctx context.Context, data []byte) job.ClaimReply {
 		return job.ClaimReply{Err: job.NewCtlError(err)}
 	}
 	if res.Changed {
-		c.commit(prev, next)
+		c.commit(prev, next, rev)
 	}
 	out := job.ClaimReply{Verdict: res.Verdict, Reason: res.Reason, RetryMs: res.Retry.Milliseconds()}
 	if res.Verdict == job.VerdictRun {
@@ -115,12 +115,12 @@ func (c *Coordinator) renew(ctx context.Context, req job.LeaseRequest) (job.Leas
 }
 
 func (c *Coordinator) release(ctx context.Context, req job.LeaseRequest) (job.LeaseReply, error) {
-	prev, next, _, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
+	prev, next, rev, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
 		n, err := r.Release(req.Epoch, req.Factory, req.Reason, time.Now().UTC())
 		return n, err == nil, err
 	})
 	if err == nil {
-		c.commit(prev, next)
+		c.commit(prev, next, rev)
 	}
 	return job.LeaseReply{State: next.State}, err
 }
@@ -141,7 +141,7 @@ func (c *Coordinator) complete(ctx context.Context, data []byte) job.LeaseReply 
 	if err != nil {
 		return job.LeaseReply{Err: job.NewCtlError(err)}
 	}
-	prev, next, _, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
+	prev, next, rev, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
 		n, err := r.Complete(req.Epoch, req.Factory, req.Outcome, time.Now().UTC(), c.cfg.Backoff)
 		return n, err == nil, err
 	})
@@ -151,7 +151,7 @@ func (c *Coordinator) complete(ctx context.Context, data []byte) job.LeaseReply 
 		}
 		return job.LeaseReply{Err: job.NewCtlError(err)}
 	}
-	c.commit(prev, next)
+	c.commit(prev, next, rev)
 	return job.LeaseReply{State: next.State}
 }
 
@@ -164,14 +164,14 @@ func (c *Coordinator) cancel(ctx context.Context, data []byte) job.LeaseReply {
 	if reason == "" {
 		reason = "by operator"
 	}
-	prev, next, _, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
+	prev, next, rev, err := c.jobs.Mutate(ctx, req.JobID, func(r job.Record) (job.Record, bool, error) {
 		n, err := r.Cancel(reason, time.Now().UTC())
 		return n, err == nil, err
 	})
 	if err != nil {
 		return job.LeaseReply{Err: job.NewCtlError(err)}
 	}
-	c.commit(prev, next)
+	c.commit(prev, next, rev)
 	return job.LeaseReply{State: next.State}
 }
 

@@ -118,6 +118,7 @@ type Coordinator struct {
 	sem chan struct{} // bounds concurrent handlers
 
 	mu       sync.Mutex
+	local    chan job.Event // this process's leader, if it leads
 	pools    map[string]bool // pool consumers this process has ensured
 	isLeader bool
 	httpLn   net.Listener
@@ -236,10 +237,20 @@ func (c *Coordinator) spawn(fn func()) {
 	}()
 }
 
-// commit counts a transition this coordinator wrote. Its event and, for a
-// job that died, its dead letter are the relay's to write (relay.go).
-func (c *Coordinator) commit(prev, next job.Record) {
+// commit counts a transition this coordinator wrote at rev and hands it to
+// this process's leader, if it is one, at once. Its event and, for a job
+// that died, its dead letter are the relay's to write (relay.go).
+func (c *Coordinator) commit(prev, next job.Record, rev uint64) {
 	if next.State != prev.State {
 		c.met.transition(next.State)
+	}
+	c.mu.Lock()
+	local := c.local
+	c.mu.Unlock()
+	if local != nil {
+		select {
+		case local <- job.EventFor(prev, next, rev):
+		default: // the leader is busy; the relay brings it
+		}
 	}
 }

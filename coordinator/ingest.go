@@ -91,7 +91,7 @@ func (c *Coordinator) admit(ctx context.Context, m jetstream.Msg, meta *jetstrea
 		id = job.IDForKey(product, spec.IdempotencyKey)
 	}
 	rec := job.NewRecord(id, spec, time.Now().UTC())
-	_, err = c.jobs.Create(ctx, rec)
+	rev, err := c.jobs.Create(ctx, rec)
 	if errors.Is(err, broker.ErrExists) {
 		c.met.duplicates.Inc()
 		return broker.Verdict{JobID: id, Status: broker.StatusDuplicate, Reason: "a job with this idempotency key exists"}, nil
@@ -100,7 +100,7 @@ func (c *Coordinator) admit(ctx context.Context, m jetstream.Msg, meta *jetstrea
 		return broker.Verdict{}, err
 	}
 	c.met.accepted.Inc()
-	c.commit(job.Record{}, rec)
+	c.commit(job.Record{}, rec, rev)
 	return broker.Verdict{JobID: id, Status: broker.StatusAccepted}, nil
 }
 

@@ -32,23 +32,28 @@ type result struct {
 }
 
 // lead runs the leader's duties until ctx ends: it rebuilds the model from
-// fleet_jobs and then follows every write to it (one watch: the snapshot,
-// then each change, in order), follows fleet_factories, relays the audit
-// trail, and runs the gate, retries, the reconciler and the queue-state
-// fold. One goroutine owns the model; workers only do I/O and report back.
+// a snapshot of fleet_jobs, then follows every later write to the bucket
+// through the relay (which also writes the audit trail), follows
+// fleet_factories, and runs the gate, retries, the reconciler and the
+// queue-state fold. One goroutine owns the model; workers only do I/O and
+// report back.
 func (c *Coordinator) lead(ctx context.Context) error {
 	m := newModel(c.cfg.Prefetch, c.cfg.GateOff)
 
+	// The snapshot: every record's last revision. A write made while it is
+	// read is either in it or has a higher revision than any in it, so the
+	// model takes from the relay only revisions above the highest seen.
 	jobsW, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return fmt.Errorf("leader: watch jobs: %w", err)
+		return fmt.Errorf("leader: read jobs: %w", err)
 	}
-	defer func() { _ = jobsW.Stop() }()
 	var dispatched []*entry
+	var snapRev uint64
 	for u := range jobsW.Updates() {
 		if u == nil {
-			break // the snapshot is complete; changes follow
+			break
 		}
+		snapRev = max(snapRev, u.Revision())
 		if r, ok := c.decodeRecord(u); ok {
 			m.apply(job.EventFor(job.Record{}, r, u.Revision()))
 			if r.State == job.Dispatched {
@@ -56,23 +61,36 @@ func (c *Coordinator) lead(ctx context.Context) error {
 			}
 		}
 	}
+	_ = jobsW.Stop()
 	if ctx.Err() != nil {
 		return nil
 	}
+
+	// Writes of this process are applied at once (so the gate never
+	// over-admits while the relay catches up); the relay brings everyone's.
+	local := make(chan job.Event, 4096)
+	c.mu.Lock()
+	c.local = local
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		c.local = nil
+		c.mu.Unlock()
+	}()
+	written := make(chan job.Event, 4096)
+	rctx, stopRelay := context.WithCancel(ctx)
+	relayDone := make(chan error, 1)
+	go func() { relayDone <- c.relay(rctx, snapRev, written) }()
+	defer func() {
+		stopRelay()
+		<-relayDone
+	}()
 
 	facW, err := c.facs.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("leader: watch factories: %w", err)
 	}
 	defer func() { _ = facW.Stop() }()
-
-	rctx, stopRelay := context.WithCancel(ctx)
-	relayDone := make(chan error, 1)
-	go func() { relayDone <- c.relay(rctx) }()
-	defer func() {
-		stopRelay()
-		<-relayDone
-	}()
 
 	work := make(chan func() result, maxOutstanding)
 	results := make(chan result, maxOutstanding)
@@ -132,13 +150,10 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case u, ok := <-jobsW.Updates():
-			if !ok {
-				return errors.New("leader: job watch closed")
-			}
-			if r, ok := c.decodeRecord(u); ok {
-				m.apply(job.EventFor(job.Record{}, r, u.Revision()))
-			}
+		case ev := <-written:
+			m.apply(ev)
+		case ev := <-local:
+			m.apply(ev)
 		case err := <-relayDone:
 			relayDone <- err // for the deferred wait
 			return fmt.Errorf("leader: relay stopped: %w", err)
@@ -200,12 +215,11 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		// Fold whatever else is already waiting before deciding.
 		for drained := 0; drained < 1024; drained++ {
 			select {
-			case u, ok := <-jobsW.Updates():
-				if ok {
-					if r, ok := c.decodeRecord(u); ok {
-						m.apply(job.EventFor(job.Record{}, r, u.Revision()))
-					}
-				}
+			case ev := <-written:
+				m.apply(ev)
+				continue
+			case ev := <-local:
+				m.apply(ev)
 				continue
 			case r := <-results:
 				outstanding--
@@ -254,7 +268,7 @@ func (c *Coordinator) settle(m *model, r result) {
 
 // committed publishes a worker's transition and reports it to the model.
 func (c *Coordinator) committed(ctx context.Context, e *entry, prev, next job.Record, rev uint64) result {
-	c.commit(prev, next)
+	c.commit(prev, next, rev)
 	ev := job.EventFor(prev, next, rev)
 	return result{e: e, ev: &ev}
 }
@@ -271,7 +285,7 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 	return result{e: e, ev: &ev, err: err}
 }
 
-// decodeRecord decodes a watched record; an undecodable one is logged and
+// decodeRecord decodes a record read from the bucket; an undecodable one is logged and
 // skipped.
 func (c *Coordinator) decodeRecord(u jetstream.KeyValueEntry) (job.Record, bool) {
 	if u == nil || u.Operation() != jetstream.KeyValuePut {
@@ -301,7 +315,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	if err != nil {
 		return resynced(e, prev, rev, err)
 	}
-	c.commit(prev, next)
+	c.commit(prev, next, rev)
 	ev := job.EventFor(prev, next, rev)
 	if _, err := c.publishDispatch(ctx, next); err != nil {
 		// Give the job back to the backlog; if that fails too, the leader's
@@ -314,7 +328,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 			return n, err == nil, err
 		})
 		if rerr == nil && n2.State == job.Queued && p2.State == job.Dispatched {
-			c.commit(p2, n2)
+			c.commit(p2, n2, rev2)
 			ev = job.EventFor(p2, n2, rev2)
 		}
 		return result{e: e, ev: &ev, err: err}

@@ -172,7 +172,7 @@ func (c *Coordinator) maxDelivered(ctx context.Context, data []byte) {
 	killed := false
 	if subjects.ValidToken(id) {
 		// The job dies with the reason; commit dead-letters its record.
-		prev, next, _, err := c.jobs.Mutate(ctx, id, func(r job.Record) (job.Record, bool, error) {
+		prev, next, rev, err := c.jobs.Mutate(ctx, id, func(r job.Record) (job.Record, bool, error) {
 			if r.State.Terminal() || r.DispatchGen != gen || !job.CanTransition(r.State, job.Dead) {
 				return r, false, nil
 			}
@@ -181,7 +181,7 @@ func (c *Coordinator) maxDelivered(ctx context.Context, data []byte) {
 		})
 		if err == nil && next.State == job.Dead && prev.State != job.Dead {
 			c.log.Warn("poison job marked dead", zap.String("job_id", id), zap.Uint64("deliveries", adv.Deliveries))
-			c.commit(prev, next)
+			c.commit(prev, next, rev)
 			killed = true
 		}
 	}

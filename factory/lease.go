@@ -152,12 +152,13 @@ func (l *lease) complete(out job.Outcome) {
 			err = r.Err.AsError()
 		}
 		if err == nil {
-			actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			if aerr := l.msg.DoubleAck(actx); aerr != nil {
-				// Harmless: the redelivery's claim sees a finished job and acks it.
+			// A plain ack, not a double ack: once the outcome is recorded a
+			// lost ack is harmless (the redelivery's claim sees a finished
+			// job and drops it), so waiting for the broker's confirmation
+			// would only hold the slot for a round trip.
+			if aerr := l.msg.Ack(); aerr != nil {
 				l.log.Debug("ack after complete", zap.Error(aerr))
 			}
-			cancel()
 			l.log.Debug("completed", zap.String("state", string(r.State)))
 			return
 		}
