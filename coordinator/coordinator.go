@@ -118,7 +118,7 @@ type Coordinator struct {
 	sem chan struct{} // bounds concurrent handlers
 
 	mu       sync.Mutex
-	local    chan job.Event // this process's leader, if it leads
+	local    chan job.Event  // this process's leader, if it leads
 	pools    map[string]bool // pool consumers this process has ensured
 	isLeader bool
 	httpLn   net.Listener
