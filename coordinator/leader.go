@@ -32,17 +32,16 @@ type result struct {
 }
 
 // lead runs the leader's duties until ctx ends: it rebuilds the model from
-// a snapshot of fleet_jobs, then follows every later write to the bucket
-// through the relay (which also writes the audit trail), follows
-// fleet_factories, and runs the gate, retries, the reconciler and the
-// queue-state fold. One goroutine owns the model; workers only do I/O and
-// report back.
+// a snapshot of fleet_jobs and then follows every later write to the
+// bucket, follows fleet_factories, relays the audit trail, and runs the
+// gate, retries, the reconciler and the queue-state fold. One goroutine
+// owns the model; workers only do I/O and report back.
 func (c *Coordinator) lead(ctx context.Context) error {
 	m := newModel(c.cfg.Prefetch, c.cfg.GateOff)
 
 	// The snapshot: every record's last revision. A write made while it is
 	// read is either in it or has a higher revision than any in it, so the
-	// model takes from the relay only revisions above the highest seen.
+	// model then follows the bucket's stream from above the highest seen.
 	jobsW, err := c.jobs.KV.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
 		return fmt.Errorf("leader: read jobs: %w", err)
@@ -66,8 +65,18 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		return nil
 	}
 
-	// Writes of this process are applied at once (so the gate never
-	// over-admits while the relay catches up); the relay brings everyone's.
+	// Every later write, whoever made it. This is not the relay's read: a
+	// relay catching up on the audit trail (after a takeover, say) must
+	// never hold the gate back.
+	written := make(chan job.Event, 4096)
+	follow, err := c.followJobs(ctx, snapRev+1, written)
+	if err != nil {
+		return err
+	}
+	defer follow.Stop()
+
+	// Writes of this process are applied at once, so the gate never
+	// over-admits while they travel.
 	local := make(chan job.Event, 4096)
 	c.mu.Lock()
 	c.local = local
@@ -77,10 +86,10 @@ func (c *Coordinator) lead(ctx context.Context) error {
 		c.local = nil
 		c.mu.Unlock()
 	}()
-	written := make(chan job.Event, 4096)
+
 	rctx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
-	go func() { relayDone <- c.relay(rctx, snapRev, written) }()
+	go func() { relayDone <- c.relay(rctx) }()
 	defer func() {
 		stopRelay()
 		<-relayDone
@@ -144,7 +153,20 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	c.log.Info("leader ready", zap.Int("jobs", len(m.jobs)), zap.Int("factories", len(m.facs)))
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	c.writeQueueState(ctx, m, time.Now())
+	qsOut := make(chan map[string]job.QueueState, 1)
+	qsDone := make(chan struct{})
+	qctx, stopQS := context.WithCancel(ctx)
+	go func() { defer close(qsDone); c.queueStateWriter(qctx, qsOut) }()
+	defer func() { stopQS(); <-qsDone }()
+	publishQS := func(now time.Time) {
+		states := c.queueState(m, now)
+		select { // replace a state not yet written
+		case <-qsOut:
+		default:
+		}
+		qsOut <- states
+	}
+	publishQS(time.Now())
 	lastQS := time.Now()
 	for {
 		select {
@@ -209,7 +231,7 @@ func (c *Coordinator) lead(ctx context.Context) error {
 			}
 			if now.Sub(lastQS) >= c.cfg.QueueStateEvery {
 				lastQS = now
-				c.writeQueueState(ctx, m, now)
+				publishQS(now)
 			}
 		}
 		// Fold whatever else is already waiting before deciding.
@@ -283,6 +305,35 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 	}
 	ev := job.EventFor(job.Record{}, r, rev)
 	return result{e: e, ev: &ev, err: err}
+}
+
+// followJobs hands every write to fleet_jobs from the stream sequence from
+// on to out, as the event of the record it wrote.
+func (c *Coordinator) followJobs(ctx context.Context, from uint64, out chan<- job.Event) (jetstream.ConsumeContext, error) {
+	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from})
+	if err != nil {
+		return nil, fmt.Errorf("leader: follow jobs: %w", err)
+	}
+	cc, err := oc.Consume(func(msg jetstream.Msg) {
+		meta, err := msg.Metadata()
+		if err != nil || msg.Headers().Get("KV-Operation") != "" {
+			return
+		}
+		r, err := job.DecodeRecord(msg.Data())
+		if err != nil {
+			c.log.Warn("undecodable job record skipped", zap.String("subject", msg.Subject()), zap.Error(err))
+			return
+		}
+		select {
+		case out <- job.EventFor(job.Record{}, r, meta.Sequence.Stream):
+		case <-ctx.Done():
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("leader: follow jobs: %w", err)
+	}
+	return cc, nil
 }
 
 // decodeRecord decodes a record read from the bucket; an undecodable one is logged and

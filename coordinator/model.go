@@ -53,6 +53,8 @@ type class struct {
 	cands    []string // live pools covering req, as of candsGen
 	candsGen uint64
 	hidx     int
+	unmarked int // jobs in q not yet flagged unroutable
+	scan     int // where the next search for them starts in q
 }
 
 type pool struct {
@@ -114,6 +116,9 @@ func (m *model) leave(e *entry) {
 	m.counts[e.state]--
 	if e.qidx >= 0 {
 		heap.Remove(&e.class.q, e.qidx)
+		if !e.unroutable {
+			e.class.unmarked--
+		}
 	}
 	if e.ridx >= 0 {
 		heap.Remove(&m.retries, e.ridx)
@@ -138,6 +143,9 @@ func (m *model) enter(e *entry) {
 	case job.Queued:
 		if !e.pending {
 			heap.Push(&e.class.q, e)
+			if !e.unroutable {
+				e.class.unmarked++
+			}
 		}
 	case job.Failed:
 		heap.Push(&m.retries, e)
@@ -256,15 +264,7 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 			continue
 		}
 		if len(m.candidates(cl)) == 0 {
-			for _, e := range cl.q {
-				if len(unroutable) >= markBudget {
-					break
-				}
-				if !e.unroutable && !e.marking {
-					e.marking = true
-					unroutable = append(unroutable, e)
-				}
-			}
+			unroutable = cl.toMark(unroutable, markBudget)
 			continue
 		}
 		heads = append(heads, cl)
@@ -290,6 +290,26 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 	}
 	return orders, unroutable
 }
+
+// toMark adds to out (up to budget in all) queued jobs of a class no live
+// pool serves that are not flagged unroutable yet. It looks at no more
+// than markScan entries per call, resuming where the last call stopped, so
+// a class holding many jobs costs O(1) per gate round once they are all
+// flagged, and O(markScan) while some are not.
+func (cl *class) toMark(out []*entry, budget int) []*entry {
+	n := cl.q.Len()
+	for i := 0; i < min(n, markScan) && cl.unmarked > 0 && len(out) < budget; i++ {
+		cl.scan = (cl.scan + 1) % n
+		if e := cl.q[cl.scan]; !e.unroutable && !e.marking {
+			e.marking = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// markScan bounds the entries one gate round looks at per unroutable class.
+const markScan = 1024
 
 // undo puts back a job whose dispatch did not happen.
 func (m *model) undo(e *entry) {

@@ -25,7 +25,8 @@ func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueSt
 			continue
 		}
 		qs := &job.QueueState{Pool: p.name, Caps: p.caps, Gate: gate, Leader: c.cfg.ID, Updated: now,
-			Factories: len(p.facs), Slots: p.slots, FreeSlots: max(0, p.slots-p.running)}
+			Factories: len(p.facs), Slots: p.slots, FreeSlots: max(0, p.slots-p.running),
+			Running: p.running, Dispatched: p.inflight - p.running}
 		for _, f := range p.facs {
 			if f.Busy < f.Slots {
 				qs.WaitingFactories++
@@ -36,18 +37,6 @@ func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueSt
 		total.WaitingFactories += qs.WaitingFactories
 		total.Slots += qs.Slots
 		total.FreeSlots += qs.FreeSlots
-	}
-	for _, e := range m.jobs {
-		switch e.state {
-		case job.Dispatched, job.Running:
-			if qs := per[e.pool]; qs != nil {
-				if e.state == job.Running {
-					qs.Running++
-				} else {
-					qs.Dispatched++
-				}
-			}
-		}
 	}
 	var oldest int64
 	for _, cl := range m.classes {
@@ -91,24 +80,56 @@ func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueSt
 	return out
 }
 
-// writeQueueState stores the leader's current queue state, and deletes the
-// keys of pools that are gone.
-func (c *Coordinator) writeQueueState(ctx context.Context, m *model, now time.Time) {
-	states := c.queueState(m, now)
-	for k, v := range states {
-		data, _ := json.Marshal(v)
-		if _, err := c.qs.Put(ctx, k, data); err != nil {
-			c.log.Debug("queue state not written", zap.String("key", k), zap.Error(err))
-			return
+// queueStateRefresh is how often an unchanged queue state is written again
+// (its "updated" field tells readers the leader is alive).
+const queueStateRefresh = 10 * time.Second
+
+// queueStateWriter stores the leader's queue states in fleet_queue_state off
+// the leader loop: the loop hands it the latest states (a newer one replaces
+// one not yet written), and it writes only the keys whose counts changed or
+// that were last written queueStateRefresh ago, and deletes the keys of
+// pools that are gone. With a thousand pools, a synchronous write of every
+// key each second held the gate back.
+func (c *Coordinator) queueStateWriter(ctx context.Context, in <-chan map[string]job.QueueState) {
+	type written struct {
+		body []byte // the state without its time
+		at   time.Time
+	}
+	last := map[string]written{}
+	if keys, err := c.qs.ListKeys(ctx); err == nil {
+		for k := range keys.Keys() {
+			last[k] = written{} // another leader's: rewritten or deleted below
 		}
 	}
-	keys, err := c.qs.ListKeys(ctx)
-	if err != nil {
-		return
-	}
-	for k := range keys.Keys() {
-		if _, ok := states[k]; !ok {
-			_ = c.qs.Delete(ctx, k)
+	for {
+		var states map[string]job.QueueState
+		select {
+		case <-ctx.Done():
+			return
+		case states = <-in:
+		}
+		now := time.Now()
+		for k, v := range states {
+			stamp := v.Updated
+			v.Updated = time.Time{}
+			body, _ := json.Marshal(v)
+			if w, ok := last[k]; ok && string(w.body) == string(body) && now.Sub(w.at) < queueStateRefresh {
+				continue
+			}
+			v.Updated = stamp
+			data, _ := json.Marshal(v)
+			if _, err := c.qs.Put(ctx, k, data); err != nil {
+				c.log.Debug("queue state not written", zap.String("key", k), zap.Error(err))
+				continue
+			}
+			last[k] = written{body, now}
+		}
+		for k := range last {
+			if _, ok := states[k]; !ok {
+				if err := c.qs.Delete(ctx, k); err == nil {
+					delete(last, k)
+				}
+			}
 		}
 	}
 }

@@ -22,6 +22,9 @@ import (
 //     zombie, or lost) would never be redelivered: it is re-admitted;
 //   - a dispatched job whose pool has had no live factory for ReRouteAfter
 //     is taken back and routed again;
+//   - a dispatched job unclaimed for a lease in a live pool must have its
+//     message in FLEET_JOBS: a lost publish is made again, a message
+//     consumed without a claim is replaced by a new dispatch;
 //   - a message that hit MaxDeliver stays in the work queue for ever: it is
 //     copied to FLEET_DEAD, deleted, and its job marked dead.
 //

@@ -49,15 +49,12 @@ type relayed struct {
 	ack  jetstream.PubAckFuture
 }
 
-// relay runs until ctx ends. It also hands every write above the revision
-// after to the leader's model, through written (one decode of each record
-// serves both).
-func (c *Coordinator) relay(ctx context.Context, after uint64, written chan<- job.Event) error {
-	next, err := c.relayStart(ctx)
+// relay runs until ctx ends.
+func (c *Coordinator) relay(ctx context.Context) error {
+	start, err := c.relayStart(ctx)
 	if err != nil {
 		return err
 	}
-	start := min(next, after+1)
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
 	if start > 1 {
 		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start}
@@ -68,15 +65,9 @@ func (c *Coordinator) relay(ctx context.Context, after uint64, written chan<- jo
 	}
 	inflight := make(chan relayed, relayWindow)
 	cons, err := oc.Consume(func(msg jetstream.Msg) {
-		it, r, ok := c.relayOne(msg, next)
+		it, ok := c.relayOne(msg)
 		if !ok {
 			return
-		}
-		if r != nil && it.seq > after {
-			select {
-			case written <- job.EventFor(job.Record{}, *r, it.seq):
-			case <-ctx.Done():
-			}
 		}
 		select {
 		case inflight <- it:
@@ -115,25 +106,24 @@ func (c *Coordinator) relay(ctx context.Context, after uint64, written chan<- jo
 }
 
 // relayOne turns one message of the bucket's stream into the work of
-// relaying it, publishing its event at once (asynchronously) unless its
-// sequence is below from (relayed before). It returns the record too.
-func (c *Coordinator) relayOne(msg jetstream.Msg, from uint64) (relayed, *job.Record, bool) {
+// relaying it, publishing its event at once (asynchronously).
+func (c *Coordinator) relayOne(msg jetstream.Msg) (relayed, bool) {
 	meta, err := msg.Metadata()
 	if err != nil {
-		return relayed{}, nil, false
+		return relayed{}, false
 	}
 	it := relayed{seq: meta.Sequence.Stream}
 	if msg.Headers().Get("KV-Operation") != "" {
-		return it, nil, true // a delete or purge: not a record
+		return it, true // a delete or purge: not a record
 	}
 	r, err := job.DecodeRecord(msg.Data())
 	if err != nil {
 		c.log.Warn("undecodable job record not relayed", zap.String("subject", msg.Subject()), zap.Error(err))
-		return it, nil, true
+		return it, true
 	}
 	ev, ok := r.Transition(it.seq)
-	if !ok || it.seq < from {
-		return it, &r, true
+	if !ok {
+		return it, true
 	}
 	it.ev = nats.NewMsg(subjects.Events(r.Spec.Product, r.ID))
 	it.ev.Data = ev.Encode()
@@ -144,7 +134,7 @@ func (c *Coordinator) relayOne(msg jetstream.Msg, from uint64) (relayed, *job.Re
 	if it.ack, err = c.b.JS.PublishMsgAsync(it.ev, jetstream.WithMsgID(it.id)); err != nil {
 		it.ack = nil // published again, synchronously, when settled
 	}
-	return it, &r, true
+	return it, true
 }
 
 // settleRelayed waits until the event of it is stored (publishing it again

@@ -1,0 +1,72 @@
+package coordinator
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/agentqueue/fleet/job"
+)
+
+func queuedEvent(id string, rev uint64, unroutable bool, requires ...string) job.Event {
+	t0 := time.Unix(1700000000, 0)
+	return job.Event{JobID: id, To: job.Queued, Rev: rev, Created: t0, At: t0,
+		Requires: requires, Unroutable: unroutable}
+}
+
+// Regression (bench, 100,000 held jobs): a gate round looked at every
+// queued job of a class no pool serves, to find those not yet flagged
+// unroutable — O(held jobs) per round, which saturated the leader loop and
+// stalled dispatch. Now each round looks at a bounded number of them, and
+// at none once all are flagged.
+func TestUnroutableMarkingIsBoundedPerRound(t *testing.T) {
+	t.Parallel()
+	m := newModel(1, false)
+	const n = 5 * markScan
+	for i := range n {
+		m.apply(queuedEvent(fmt.Sprintf("j%d", i), uint64(i+1), false, "gpu=none"))
+	}
+	cl := m.classes[job.Labels([]string{"gpu=none"}).Key()]
+	if cl == nil || cl.unmarked != n {
+		t.Fatalf("class: %+v", cl)
+	}
+	rev := uint64(n + 1)
+	marked := map[string]bool{}
+	for round := 0; cl.unmarked > 0; round++ {
+		if round > 2*n/markBudget+10 {
+			t.Fatalf("after %d rounds %d jobs are still unmarked", round, cl.unmarked)
+		}
+		_, marks := m.admit(maxOutstanding, markBudget)
+		if len(marks) > markBudget {
+			t.Fatalf("round %d marked %d", round, len(marks))
+		}
+		for _, e := range marks {
+			if marked[e.id] {
+				t.Fatalf("%s marked twice", e.id)
+			}
+			marked[e.id] = true
+			rev++
+			m.apply(queuedEvent(e.id, rev, true, "gpu=none")) // the flag's write comes back
+		}
+	}
+	if len(marked) != n {
+		t.Fatalf("marked %d of %d", len(marked), n)
+	}
+	// All flagged: a round finds nothing to do, and looks at nothing.
+	scan := cl.scan
+	if _, marks := m.admit(maxOutstanding, markBudget); len(marks) != 0 || cl.scan != scan {
+		t.Fatalf("a round with every job flagged marked %d and moved its cursor %d→%d", len(marks), scan, cl.scan)
+	}
+	// A new job of the class is found within a round or two.
+	m.apply(queuedEvent("late", rev+1, false, "gpu=none"))
+	found := false
+	for range 2 * (n + 1) / markScan {
+		if _, marks := m.admit(maxOutstanding, markBudget); len(marks) == 1 && marks[0].id == "late" {
+			found = true
+			break
+		}
+	}
+	if !found {
+		t.Fatal("a new unroutable job was never marked")
+	}
+}
