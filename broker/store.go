@@ -188,7 +188,7 @@ func (s *Jobs) getFromLeader(ctx context.Context, id string) (job.Record, uint64
 	if !subjects.ValidToken(id) {
 		return job.Record{}, 0, fmt.Errorf("%w: %q is not a job id", job.ErrNotFound, id)
 	}
-	req, _ := json.Marshal(map[string]string{"last_by_subj": kvSubjectPrefix + id})
+	req, _ := json.Marshal(map[string]string{"last_by_subj": JobsKVSubject(id)})
 	msg, err := s.nc.RequestWithContext(ctx, jsAPIPrefix+"STREAM.MSG.GET."+JobsKVStream, req)
 	if err != nil {
 		return job.Record{}, 0, fmt.Errorf("read job %s: %w", id, err)
@@ -226,6 +226,9 @@ func (s *Jobs) getFromLeader(ctx context.Context, id string) (job.Record, uint64
 
 // JobsKVStream is the stream behind fleet_jobs: every record write, in order.
 const JobsKVStream = "KV_" + subjects.BucketJobs
+
+// JobsKVSubject is the subject of job id's record in JobsKVStream.
+func JobsKVSubject(id string) string { return kvSubjectPrefix + id }
 
 const (
 	jsAPIPrefix     = "$JS.API."

@@ -54,9 +54,11 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 
 // JobHistory is how many revisions of each job record fleet_jobs keeps: the
 // coordinator's event relay reads every revision from the bucket's stream,
-// so a revision must outlive the relay's lag (a leader failover, a burst).
-// A job writes about four revisions per attempt, plus one per renewal.
-const JobHistory = 10
+// so a revision must outlive the relay's lag (a leader failover, a broker
+// node's loss, a burst). A job writes about four revisions per attempt plus
+// one per renewal; the relay purges all but the last revision of a job
+// once it has relayed its end, so only live jobs keep a history.
+const JobHistory = 32
 
 // BucketConfigs returns the configuration of every fleet KV bucket.
 func (t Topology) BucketConfigs() []jetstream.KeyValueConfig {

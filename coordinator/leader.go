@@ -368,7 +368,7 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	}
 	c.commit(prev, next, rev)
 	ev := job.EventFor(prev, next, rev)
-	if _, err := c.publishDispatch(ctx, next); err != nil {
+	if err := c.publishDispatchRetrying(ctx, next); err != nil {
 		// Give the job back to the backlog; if that fails too, the leader's
 		// next start republishes it.
 		p2, n2, rev2, rerr := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
@@ -387,6 +387,8 @@ func (c *Coordinator) dispatch(ctx context.Context, e *entry, pool string) resul
 	return result{e: e, ev: &ev}
 }
 
+// publishDispatch publishes the pool message of a dispatch; the message id
+// (job and dispatch generation) makes a repeat a no-op.
 func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) (*jetstream.PubAck, error) {
 	msg := nats.NewMsg(subjects.Jobs(r.Pool))
 	msg.Header.Set(subjects.HeaderJobID, r.ID)
@@ -398,6 +400,26 @@ func (c *Coordinator) publishDispatch(ctx context.Context, r job.Record) (*jetst
 	}{r.ID, r.DispatchGen, r.Spec.Title})
 	return c.b.JS.PublishMsg(ctx, msg, jetstream.WithMsgID(broker.DispatchMsgID(r.ID, r.DispatchGen)))
 }
+
+// publishDispatchRetrying rides out a short broker outage (a stream leader
+// election) for up to dispatchPublishFor before dispatch gives the job back:
+// giving it back at once made every retry two more record revisions.
+func (c *Coordinator) publishDispatchRetrying(ctx context.Context, r job.Record) error {
+	deadline := time.Now().Add(dispatchPublishFor)
+	for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, time.Second) {
+		_, err := c.publishDispatch(ctx, r)
+		if err == nil || time.Now().Add(backoff).After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+	}
+}
+
+const dispatchPublishFor = 5 * time.Second
 
 func (c *Coordinator) republish(ctx context.Context, e *entry) result {
 	r, _, err := c.jobs.Get(ctx, e.id)

@@ -46,6 +46,7 @@ type relayed struct {
 	ev   *nats.Msg   // the event to publish, if this revision is a transition
 	id   string      // its message id
 	dead *job.Record // the record, if it died at this revision
+	end  string      // the job's id, if it finished at this revision
 	ack  jetstream.PubAckFuture
 }
 
@@ -63,6 +64,22 @@ func (c *Coordinator) relay(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("relay: read %s: %w", broker.JobsKVStream, err)
 	}
+	kv, err := c.b.JS.Stream(ctx, broker.JobsKVStream)
+	if err != nil {
+		return fmt.Errorf("relay: %s: %w", broker.JobsKVStream, err)
+	}
+	// A finished job's history is relayed: keep only its final record.
+	finished := make(chan string, relayWindow)
+	purged := make(chan struct{})
+	go func() {
+		defer close(purged)
+		for id := range finished {
+			if err := kv.Purge(ctx, jetstream.WithPurgeSubject(broker.JobsKVSubject(id)), jetstream.WithPurgeKeep(1)); err != nil && ctx.Err() == nil {
+				c.log.Debug("relay: old revisions of a finished job not purged", zap.String("job_id", id), zap.Error(err))
+			}
+		}
+	}()
+	defer func() { close(finished); <-purged }()
 	inflight := make(chan relayed, relayWindow)
 	cons, err := oc.Consume(func(msg jetstream.Msg) {
 		it, ok := c.relayOne(msg)
@@ -93,8 +110,15 @@ func (c *Coordinator) relay(ctx context.Context) error {
 			}
 			return nil
 		case it := <-inflight:
-			if c.settleRelayed(ctx, it) {
-				done = it.seq
+			if !c.settleRelayed(ctx, it) {
+				continue
+			}
+			done = it.seq
+			if it.end != "" {
+				select {
+				case finished <- it.end:
+				default: // its old revisions stay: only disk
+				}
 			}
 		case <-save.C:
 			if done > saved {
@@ -130,6 +154,9 @@ func (c *Coordinator) relayOne(msg jetstream.Msg) (relayed, bool) {
 	it.id = r.ID + ":" + strconv.FormatUint(it.seq, 10)
 	if r.State == job.Dead {
 		it.dead = &r
+	}
+	if r.State.Terminal() {
+		it.end = r.ID
 	}
 	if it.ack, err = c.b.JS.PublishMsgAsync(it.ev, jetstream.WithMsgID(it.id)); err != nil {
 		it.ack = nil // published again, synchronously, when settled

@@ -175,3 +175,30 @@ func (f *fleet) runCoordinator(mod ...func(*coordinator.Config)) (*coordinator.C
 	}
 	return c, stop
 }
+
+// Once a job's end is relayed, only its final record is kept: the bucket
+// holds a history only for live jobs.
+func TestFinishedJobKeepsOneRevision(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	f.startFactory(factory.Config{Slots: 1})
+	v := f.submit(job.Spec{Product: "acme", Command: []string{"true"}})
+	f.waitState(v.JobID, 20*time.Second, job.Succeeded)
+	checkHistory(t, v.JobID, f.events(v.JobID))
+	s, err := f.b.JS.Stream(context.Background(), broker.JobsKVStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept uint64
+	testenv.Eventually(t, 10*time.Second, func() bool {
+		info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(broker.JobsKVSubject(v.JobID)))
+		if err != nil {
+			return false
+		}
+		kept = info.State.Subjects[broker.JobsKVSubject(v.JobID)]
+		return kept == 1
+	}, "a finished job keeps %d revisions", kept)
+	if r := f.record(v.JobID); r.State != job.Succeeded {
+		t.Fatalf("record after the purge: %s", r.State)
+	}
+}
