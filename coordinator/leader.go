@@ -431,17 +431,8 @@ func (c *Coordinator) republish(ctx context.Context, e *entry) result {
 
 // requeue returns a failed job to the backlog once its backoff is over.
 func (c *Coordinator) requeue(ctx context.Context, e *entry) result {
-	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
-		if r.State != job.Failed {
-			return r, false, nil
-		}
-		n, err := r.Requeue("", time.Now().UTC())
-		return n, err == nil, err
-	})
-	if err != nil || next.State != job.Queued || prev.State != job.Failed {
-		return resynced(e, prev, rev, err)
-	}
-	return c.committed(ctx, e, prev, next, rev)
+	res, _ := c.requeueIf(ctx, e, func(r job.Record) bool { return r.State == job.Failed }, "")
+	return res
 }
 
 // markUnroutable flags a queued job that no live pool can serve.

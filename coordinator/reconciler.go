@@ -79,18 +79,28 @@ func (c *Coordinator) readmitLapsed(ctx context.Context, e *entry) result {
 		}
 	}
 	epoch := r.Epoch
+	res, moved := c.requeueIf(ctx, e, func(r job.Record) bool { return r.State == job.Running && r.Epoch == epoch },
+		fmt.Sprintf("lease of epoch %d lapsed and its message is gone; re-admitted", epoch))
+	if moved {
+		c.log.Warn("re-admitted a job whose lease lapsed with no message", zap.String("job_id", e.id), zap.Uint64("epoch", epoch))
+	}
+	return res
+}
+
+// requeueIf gives a job back to the backlog with reason if its record still
+// is as the caller saw it (still), and reports whether it did.
+func (c *Coordinator) requeueIf(ctx context.Context, e *entry, still func(job.Record) bool, reason string) (result, bool) {
 	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
-		if r.State != job.Running || r.Epoch != epoch {
+		if !still(r) {
 			return r, false, nil
 		}
-		n, err := r.Requeue(fmt.Sprintf("lease of epoch %d lapsed and its message is gone; re-admitted", epoch), time.Now().UTC())
+		n, err := r.Requeue(reason, time.Now().UTC())
 		return n, err == nil, err
 	})
-	if err != nil || prev.State != job.Running || next.State != job.Queued {
-		return resynced(e, prev, rev, err)
+	if err != nil || prev.State == job.Queued || next.State != job.Queued {
+		return resynced(e, prev, rev, err), false
 	}
-	c.log.Warn("re-admitted a job whose lease lapsed with no message", zap.String("job_id", e.id), zap.Uint64("epoch", epoch))
-	return c.committed(ctx, e, prev, next, rev)
+	return c.committed(ctx, e, prev, next, rev), true
 }
 
 // checkDispatched looks at a job unclaimed for a whole lease in a live pool:
@@ -117,18 +127,12 @@ func (c *Coordinator) checkDispatched(ctx context.Context, e *entry) result {
 		return result{e: e, err: err} // still waiting in the queue (or unreadable now)
 	}
 	gen := r.DispatchGen
-	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
-		if r.State != job.Dispatched || r.DispatchGen != gen {
-			return r, false, nil
-		}
-		n, err := r.Requeue(fmt.Sprintf("message of dispatch %d was consumed without a claim; dispatched again", gen), time.Now().UTC())
-		return n, err == nil, err
-	})
-	if err != nil || prev.State != job.Dispatched || next.State != job.Queued {
-		return resynced(e, prev, rev, err)
+	res, moved := c.requeueIf(ctx, e, func(r job.Record) bool { return r.State == job.Dispatched && r.DispatchGen == gen },
+		fmt.Sprintf("message of dispatch %d was consumed without a claim; dispatched again", gen))
+	if moved {
+		c.log.Warn("a dispatched job's message was consumed without a claim; dispatching it again", zap.String("job_id", e.id), zap.Uint64("dispatch_gen", gen))
 	}
-	c.log.Warn("a dispatched job's message was consumed without a claim; dispatching it again", zap.String("job_id", e.id), zap.Uint64("dispatch_gen", gen))
-	return c.committed(ctx, e, prev, next, rev)
+	return res
 }
 
 // reroute takes back a dispatched job from a pool with no live factory. Its
@@ -136,18 +140,12 @@ func (c *Coordinator) checkDispatched(ctx context.Context, e *entry) result {
 // stale dispatch generation.
 func (c *Coordinator) reroute(ctx context.Context, e *entry) result {
 	pool := e.pool
-	prev, next, rev, err := c.jobs.Mutate(ctx, e.id, func(r job.Record) (job.Record, bool, error) {
-		if r.State != job.Dispatched || r.Pool != pool {
-			return r, false, nil
-		}
-		n, err := r.Requeue("pool "+pool+" has no live factory; routed again", time.Now().UTC())
-		return n, err == nil, err
-	})
-	if err != nil || prev.State != job.Dispatched || next.State != job.Queued {
-		return resynced(e, prev, rev, err)
+	res, moved := c.requeueIf(ctx, e, func(r job.Record) bool { return r.State == job.Dispatched && r.Pool == pool },
+		"pool "+pool+" has no live factory; routed again")
+	if moved {
+		c.log.Warn("re-routing a job stranded in a dead pool", zap.String("job_id", e.id), zap.String("pool", pool))
 	}
-	c.log.Warn("re-routing a job stranded in a dead pool", zap.String("job_id", e.id), zap.String("pool", pool))
-	return c.committed(ctx, e, prev, next, rev)
+	return res
 }
 
 // maxDelivered handles one MaxDeliver advisory: the message is read by its
