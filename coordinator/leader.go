@@ -69,9 +69,17 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	// relay catching up on the audit trail (after a takeover, say) must
 	// never hold the gate back.
 	written := make(chan job.Event, 4096)
-	follow, err := c.followJobs(ctx, snapRev+1, written)
+	follow, err := c.consumeJobs(ctx, snapRev+1, func(seq uint64, r *job.Record) {
+		if r == nil {
+			return
+		}
+		select {
+		case written <- job.EventFor(job.Record{}, *r, seq):
+		case <-ctx.Done():
+		}
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("leader: %w", err)
 	}
 	defer follow.Stop()
 
@@ -307,31 +315,34 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 	return result{e: e, ev: &ev, err: err}
 }
 
-// followJobs hands every write to fleet_jobs from the stream sequence from
-// on to out, as the event of the record it wrote.
-func (c *Coordinator) followJobs(ctx context.Context, from uint64, out chan<- job.Event) (jetstream.ConsumeContext, error) {
+// consumeJobs reads every write to fleet_jobs from stream sequence from
+// (1: the beginning), in order, and hands fn each one's sequence and record
+// (nil for a delete or an undecodable record, which is logged).
+func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, fn func(seq uint64, r *job.Record)) (jetstream.ConsumeContext, error) {
 	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from})
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)})
 	if err != nil {
-		return nil, fmt.Errorf("leader: follow jobs: %w", err)
+		return nil, fmt.Errorf("read %s: %w", broker.JobsKVStream, err)
 	}
 	cc, err := oc.Consume(func(msg jetstream.Msg) {
 		meta, err := msg.Metadata()
-		if err != nil || msg.Headers().Get("KV-Operation") != "" {
+		if err != nil {
+			return
+		}
+		if msg.Headers().Get("KV-Operation") != "" {
+			fn(meta.Sequence.Stream, nil)
 			return
 		}
 		r, err := job.DecodeRecord(msg.Data())
 		if err != nil {
 			c.log.Warn("undecodable job record skipped", zap.String("subject", msg.Subject()), zap.Error(err))
+			fn(meta.Sequence.Stream, nil)
 			return
 		}
-		select {
-		case out <- job.EventFor(job.Record{}, r, meta.Sequence.Stream):
-		case <-ctx.Done():
-		}
+		fn(meta.Sequence.Stream, &r)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("leader: follow jobs: %w", err)
+		return nil, fmt.Errorf("read %s: %w", broker.JobsKVStream, err)
 	}
 	return cc, nil
 }

@@ -56,14 +56,6 @@ func (c *Coordinator) relay(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
-	if start > 1 {
-		cfg = jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: start}
-	}
-	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, cfg)
-	if err != nil {
-		return fmt.Errorf("relay: read %s: %w", broker.JobsKVStream, err)
-	}
 	kv, err := c.b.JS.Stream(ctx, broker.JobsKVStream)
 	if err != nil {
 		return fmt.Errorf("relay: %s: %w", broker.JobsKVStream, err)
@@ -81,18 +73,14 @@ func (c *Coordinator) relay(ctx context.Context) error {
 	}()
 	defer func() { close(finished); <-purged }()
 	inflight := make(chan relayed, relayWindow)
-	cons, err := oc.Consume(func(msg jetstream.Msg) {
-		it, ok := c.relayOne(msg)
-		if !ok {
-			return
-		}
+	cons, err := c.consumeJobs(ctx, start, func(seq uint64, r *job.Record) {
 		select {
-		case inflight <- it:
+		case inflight <- c.relayOne(seq, r):
 		case <-ctx.Done():
 		}
 	})
 	if err != nil {
-		return fmt.Errorf("relay: consume %s: %w", broker.JobsKVStream, err)
+		return fmt.Errorf("relay: %w", err)
 	}
 	defer cons.Stop()
 	c.log.Debug("relay started", zap.Uint64("from_seq", start))
@@ -129,39 +117,31 @@ func (c *Coordinator) relay(ctx context.Context) error {
 	}
 }
 
-// relayOne turns one message of the bucket's stream into the work of
-// relaying it, publishing its event at once (asynchronously).
-func (c *Coordinator) relayOne(msg jetstream.Msg) (relayed, bool) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		return relayed{}, false
+// relayOne turns the write at seq (r: its record, nil if none) into the
+// work of relaying it, publishing its event at once (asynchronously).
+func (c *Coordinator) relayOne(seq uint64, r *job.Record) relayed {
+	it := relayed{seq: seq}
+	if r == nil {
+		return it
 	}
-	it := relayed{seq: meta.Sequence.Stream}
-	if msg.Headers().Get("KV-Operation") != "" {
-		return it, true // a delete or purge: not a record
-	}
-	r, err := job.DecodeRecord(msg.Data())
-	if err != nil {
-		c.log.Warn("undecodable job record not relayed", zap.String("subject", msg.Subject()), zap.Error(err))
-		return it, true
-	}
-	ev, ok := r.Transition(it.seq)
+	ev, ok := r.Transition(seq)
 	if !ok {
-		return it, true
+		return it
 	}
 	it.ev = nats.NewMsg(subjects.Events(r.Spec.Product, r.ID))
 	it.ev.Data = ev.Encode()
-	it.id = r.ID + ":" + strconv.FormatUint(it.seq, 10)
+	it.id = r.ID + ":" + strconv.FormatUint(seq, 10)
 	if r.State == job.Dead {
-		it.dead = &r
+		it.dead = r
 	}
 	if r.State.Terminal() {
 		it.end = r.ID
 	}
+	var err error
 	if it.ack, err = c.b.JS.PublishMsgAsync(it.ev, jetstream.WithMsgID(it.id)); err != nil {
 		it.ack = nil // published again, synchronously, when settled
 	}
-	return it, true
+	return it
 }
 
 // settleRelayed waits until the event of it is stored (publishing it again
@@ -218,12 +198,11 @@ func (c *Coordinator) retry(ctx context.Context, what string, op func(context.Co
 	}
 }
 
-// relayStart is the first sequence of the bucket's stream not yet relayed
-// (0: from the beginning).
+// relayStart is the first sequence of the bucket's stream not yet relayed.
 func (c *Coordinator) relayStart(ctx context.Context) (uint64, error) {
 	e, err := c.cfgKV.Get(ctx, relayKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return 0, nil
+		return 1, nil
 	}
 	if err != nil {
 		return 0, fmt.Errorf("relay: read checkpoint: %w", err)
@@ -231,7 +210,7 @@ func (c *Coordinator) relayStart(ctx context.Context) (uint64, error) {
 	n, err := strconv.ParseUint(string(e.Value()), 10, 64)
 	if err != nil {
 		c.log.Warn("relay: unreadable checkpoint; relaying from the beginning", zap.ByteString("value", e.Value()))
-		return 0, nil
+		return 1, nil
 	}
 	return n + 1, nil
 }
