@@ -47,6 +47,10 @@ func Connect(cfg Config, log *zap.Logger) (*Broker, error) {
 		nats.Name(cfg.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
+		// A frozen server (paused, partitioned) is noticed in ~15 s rather
+		// than the client default of 2 pings × 2 minutes.
+		nats.PingInterval(5 * time.Second),
+		nats.MaxPingsOutstanding(3),
 		nats.Timeout(orDefault(cfg.ConnectTimeout, 10*time.Second)),
 		nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
