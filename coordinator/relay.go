@@ -48,6 +48,7 @@ type relayed struct {
 	dead *job.Record // the record, if it died at this revision
 	end  string      // the job's id, if it finished at this revision
 	ack  jetstream.PubAckFuture
+	sent time.Time // when ack's publish went out
 }
 
 // relay runs until ctx ends.
@@ -138,6 +139,7 @@ func (c *Coordinator) relayOne(seq uint64, r *job.Record) relayed {
 		it.end = r.ID
 	}
 	var err error
+	it.sent = time.Now()
 	if it.ack, err = c.b.JS.PublishMsgAsync(it.ev, jetstream.WithMsgID(it.id)); err != nil {
 		it.ack = nil // published again, synchronously, when settled
 	}
@@ -153,7 +155,10 @@ func (c *Coordinator) settleRelayed(ctx context.Context, it relayed) bool {
 	}
 	stored := false
 	if it.ack != nil {
-		t := time.NewTimer(relayAckWait)
+		// The wait counts from the publish, not from here: when a stream
+		// leader is lost with a window of acks in flight, they all time out
+		// together (a fresh wait per event cost minutes of relay lag).
+		t := time.NewTimer(max(0, relayAckWait-time.Since(it.sent)))
 		select {
 		case <-it.ack.Ok():
 			stored = true
