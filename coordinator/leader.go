@@ -67,9 +67,10 @@ func (c *Coordinator) lead(ctx context.Context) error {
 
 	// Every later write, whoever made it. This is not the relay's read: a
 	// relay catching up on the audit trail (after a takeover, say) must
-	// never hold the gate back.
+	// never hold the gate back. The two reads share their decoding.
+	decoded := newDecodedRecords()
 	written := make(chan job.Event, 4096)
-	follow, err := c.consumeJobs(ctx, snapRev+1, func(seq uint64, r *job.Record) {
+	follow, err := c.consumeJobs(ctx, snapRev+1, decoded, func(seq uint64, r *job.Record) {
 		if r == nil {
 			return
 		}
@@ -97,7 +98,7 @@ func (c *Coordinator) lead(ctx context.Context) error {
 
 	rctx, stopRelay := context.WithCancel(ctx)
 	relayDone := make(chan error, 1)
-	go func() { relayDone <- c.relay(rctx) }()
+	go func() { relayDone <- c.relay(rctx, decoded) }()
 	defer func() {
 		stopRelay()
 		<-relayDone
@@ -317,8 +318,9 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 
 // consumeJobs reads every write to fleet_jobs from stream sequence from
 // (1: the beginning), in order, and hands fn each one's sequence and record
-// (nil for a delete or an undecodable record, which is logged).
-func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, fn func(seq uint64, r *job.Record)) (jetstream.ConsumeContext, error) {
+// (nil for a delete or an undecodable record, which is logged). The record
+// comes from dec and is shared: fn must not change it.
+func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, dec *decodedRecords, fn func(seq uint64, r *job.Record)) (jetstream.ConsumeContext, error) {
 	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)})
 	if err != nil {
@@ -333,18 +335,55 @@ func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, fn func(seq 
 			fn(meta.Sequence.Stream, nil)
 			return
 		}
-		r, err := job.DecodeRecord(msg.Data())
+		r, err := dec.decode(meta.Sequence.Stream, msg.Data())
 		if err != nil {
 			c.log.Warn("undecodable job record skipped", zap.String("subject", msg.Subject()), zap.Error(err))
 			fn(meta.Sequence.Stream, nil)
 			return
 		}
-		fn(meta.Sequence.Stream, &r)
+		fn(meta.Sequence.Stream, r)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", broker.JobsKVStream, err)
 	}
 	return cc, nil
+}
+
+// decodedRecords shares the decoding of fleet_jobs' revisions between the
+// leader's two readers of the bucket's stream, the model's and the relay's:
+// they read the same revisions at about the same time, so whichever is
+// first decodes and the other takes its record (JSON decoding was the
+// coordinator's largest CPU cost). It remembers the last len(slots)
+// revisions; a reader further behind decodes for itself.
+type decodedRecords struct {
+	mu    sync.Mutex
+	slots [4096]struct {
+		seq uint64
+		r   *job.Record
+	}
+}
+
+func newDecodedRecords() *decodedRecords { return &decodedRecords{} }
+
+// decode returns the record stored at stream sequence seq, whose message
+// data is data.
+func (d *decodedRecords) decode(seq uint64, data []byte) (*job.Record, error) {
+	slot := &d.slots[seq%uint64(len(d.slots))]
+	d.mu.Lock()
+	r := slot.r
+	hit := slot.seq == seq && r != nil
+	d.mu.Unlock()
+	if hit {
+		return r, nil
+	}
+	rec, err := job.DecodeRecord(data)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	slot.seq, slot.r = seq, &rec
+	d.mu.Unlock()
+	return &rec, nil
 }
 
 // decodeRecord decodes a record read from the bucket; an undecodable one is logged and

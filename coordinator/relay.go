@@ -52,7 +52,7 @@ type relayed struct {
 }
 
 // relay runs until ctx ends.
-func (c *Coordinator) relay(ctx context.Context) error {
+func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 	start, err := c.relayStart(ctx)
 	if err != nil {
 		return err
@@ -74,7 +74,7 @@ func (c *Coordinator) relay(ctx context.Context) error {
 	}()
 	defer func() { close(finished); <-purged }()
 	inflight := make(chan relayed, relayWindow)
-	cons, err := c.consumeJobs(ctx, start, func(seq uint64, r *job.Record) {
+	cons, err := c.consumeJobs(ctx, start, dec, func(seq uint64, r *job.Record) {
 		select {
 		case inflight <- c.relayOne(seq, r):
 		case <-ctx.Done():
