@@ -8,7 +8,8 @@ BIN     ?= bin/fleet
 FUZZTIME ?= 200000x
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS = ./job:FuzzDecodeSpec ./job:FuzzDecodeClaim ./job:FuzzDecodeLease ./job:FuzzDecodeComplete \
-               ./job:FuzzDecodeCancel ./job:FuzzDecodeFactory ./subjects:FuzzValidToken
+               ./job:FuzzDecodeCancel ./job:FuzzDecodeFactory ./job:FuzzDecodeRecord ./job:FuzzRecordCodec \
+               ./job:FuzzEventCodec ./subjects:FuzzValidToken
 
 .PHONY: build test unit fuzz-short fuzz up bench chaos lint cross clean
 

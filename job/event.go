@@ -71,8 +71,11 @@ func DecodeEvent(b []byte) (Event, error) {
 	return e, nil
 }
 
-// Encode returns the event's JSON.
+// Encode returns the event's JSON, as encoding/json writes it (see codec.go).
 func (e Event) Encode() []byte {
-	b, _ := json.Marshal(e) // plain types only
+	if eventEncodable(&e) {
+		return appendEvent(make([]byte, 0, eventSizeHint(&e)), &e)
+	}
+	b, _ := json.Marshal(e) // a time outside RFC 3339: nil, as it always was
 	return b
 }

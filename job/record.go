@@ -44,11 +44,16 @@ func NewRecord(id string, spec Spec, now time.Time) Record {
 	return Record{ID: id, Spec: spec, State: Queued, Created: now, Updated: now}
 }
 
-// Encode returns the record's JSON.
+// Encode returns the record's JSON, as encoding/json writes it (see codec.go).
 func (r Record) Encode() []byte {
+	if recordEncodable(&r) {
+		return appendRecord(make([]byte, 0, recordSizeHint(&r)), &r)
+	}
+	// A time outside RFC 3339 or a payload that is not JSON: encoding/json
+	// refuses the record, and says why.
 	b, err := json.Marshal(r)
 	if err != nil {
-		panic(fmt.Sprintf("job: encode record %s: %v", r.ID, err)) // only plain types: cannot fail
+		panic(fmt.Sprintf("job: encode record %s: %v", r.ID, err))
 	}
 	return b
 }
@@ -56,7 +61,7 @@ func (r Record) Encode() []byte {
 // DecodeRecord parses a record read from fleet_jobs.
 func DecodeRecord(b []byte) (Record, error) {
 	var r Record
-	if err := json.Unmarshal(b, &r); err != nil {
+	if err := decodeRecord(b, &r); err != nil {
 		return r, fmt.Errorf("job: decode record: %w", err)
 	}
 	if !r.State.Valid() {
