@@ -250,7 +250,7 @@ func (c *Coordinator) commit(prev, next job.Record, rev uint64) {
 	if local != nil {
 		select {
 		case local <- job.EventFor(prev, next, rev):
-		default: // the leader is busy; the relay brings it
+		default: // the leader is busy; its read of fleet_jobs brings it
 		}
 	}
 }

@@ -9,7 +9,7 @@ import (
 )
 
 // model is the leader's in-memory view of every unfinished job and every
-// live factory, folded from FLEET_EVENTS and fleet_factories. It holds no
+// live factory, folded from fleet_jobs and fleet_factories. It holds no
 // specs — only what ordering, routing and counting need — so a queued job
 // costs a few hundred bytes. It is owned by the leader goroutine: no locks.
 type model struct {
@@ -22,6 +22,43 @@ type model struct {
 	prefetch int
 	gateOff  bool
 	counts   map[job.State]int
+	ended    endedJobs
+}
+
+// endedJobs remembers the final revision of the last len(ring) jobs that
+// finished. An event can reach the model after its job's end — a dispatch
+// worker's result whose publish ack came back after the job was claimed,
+// run and completed; a local write overtaken by later ones — and applied
+// to a job already forgotten it would bring the job back as a phantom
+// holding its pool's room until the reconciler noticed, a lease later.
+// Such events are seconds late at most; the ring covers far more.
+type endedJobs struct {
+	rev  map[string]uint64
+	ring [1 << 15]string
+	next int
+}
+
+// add remembers that id ended at revision rev.
+func (t *endedJobs) add(id string, rev uint64) {
+	if t.rev == nil {
+		t.rev = map[string]uint64{}
+	}
+	if _, ok := t.rev[id]; ok {
+		t.rev[id] = max(t.rev[id], rev)
+		return
+	}
+	if old := t.ring[t.next]; old != "" {
+		delete(t.rev, old)
+	}
+	t.ring[t.next], t.rev[id] = id, rev
+	t.next = (t.next + 1) % len(t.ring)
+}
+
+// stale reports whether an event at revision rev of id comes from before
+// the job's end.
+func (t *endedJobs) stale(id string, rev uint64) bool {
+	end, ok := t.rev[id]
+	return ok && rev <= end
 }
 
 type entry struct {
@@ -82,6 +119,10 @@ func (m *model) apply(ev job.Event) {
 	}
 	if e == nil {
 		if ev.To.Terminal() {
+			m.ended.add(ev.JobID, ev.Rev)
+			return
+		}
+		if m.ended.stale(ev.JobID, ev.Rev) {
 			return
 		}
 		e = &entry{id: ev.JobID, qidx: -1, ridx: -1}
@@ -103,6 +144,7 @@ func (m *model) apply(ev job.Event) {
 	e.state, e.pool, e.at = ev.To, ev.Pool, ev.At.UnixNano()
 	if e.state.Terminal() {
 		delete(m.jobs, e.id)
+		m.ended.add(e.id, e.rev)
 		return
 	}
 	if !ev.RetryAt.IsZero() {

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
 	"github.com/agentqueue/fleet/job"
 )
 
@@ -68,5 +70,52 @@ func TestUnroutableMarkingIsBoundedPerRound(t *testing.T) {
 	}
 	if !found {
 		t.Fatal("a new unroutable job was never marked")
+	}
+}
+
+// Regression (bench, intermittent: a pool's 17 places held by finished
+// jobs, the gate shut, until the reconciler's unclaimed check a lease
+// later): an event can reach the model after the job's end — a dispatch
+// worker's result when its publish ack came back after the job had been
+// claimed, run and completed, or a local write overtaken by later ones.
+// Applied to a job the model had already forgotten, it brought the job
+// back as a phantom holding its pool's room. A finished job stays
+// finished: no event at or below its final revision recreates it.
+func TestLateEventDoesNotReviveFinishedJob(t *testing.T) {
+	t.Parallel()
+	m := newModel(1, false)
+	m.putFactory("f1", &job.FactoryInfo{ID: "f1", Pool: "p", Slots: 1, LastSeen: time.Now()})
+	t0 := time.Unix(1700000000, 0)
+	ev := func(to job.State, rev uint64) job.Event {
+		e := job.Event{JobID: "j", To: to, Rev: rev, Created: t0, At: t0}
+		if to != job.Queued {
+			e.Pool = "p"
+		}
+		return e
+	}
+	m.apply(ev(job.Queued, 1))
+	orders, _ := m.admit(maxOutstanding, markBudget)
+	if len(orders) != 1 {
+		t.Fatalf("orders %v", orders)
+	}
+	dispatched := ev(job.Dispatched, 2)
+	m.apply(dispatched) // the dispatch's own write, fed at once
+	m.apply(ev(job.Running, 3))
+	m.apply(ev(job.Succeeded, 4))
+	if p := m.pools["p"]; p.inflight != 0 || len(m.jobs) != 0 {
+		t.Fatalf("after the end: inflight %d, jobs %d", p.inflight, len(m.jobs))
+	}
+	// The dispatch worker's result, and a reader's late copies, come after.
+	(&Coordinator{log: zap.NewNop()}).settle(m, result{e: orders[0].e, ev: &dispatched})
+	m.apply(ev(job.Running, 3))
+	m.apply(ev(job.Queued, 1))
+	if p := m.pools["p"]; p.inflight != 0 || len(m.jobs) != 0 || m.counts[job.Dispatched] != 0 || m.counts[job.Running] != 0 {
+		t.Fatalf("a finished job came back: inflight %d, jobs %v, counts %v", p.inflight, m.jobs, m.counts)
+	}
+	// A genuinely newer revision (an operator requeuing the job, say) is
+	// still applied.
+	m.apply(ev(job.Queued, 5))
+	if len(m.jobs) != 1 {
+		t.Fatalf("a newer revision was ignored: jobs %v", m.jobs)
 	}
 }
