@@ -18,7 +18,6 @@ type model struct {
 	pools    map[string]*pool
 	facs     map[string]job.FactoryInfo
 	retries  retryHeap
-	poolsGen uint64 // bumped when the set or capabilities of live pools change
 	prefetch int
 	gateOff  bool
 	counts   map[job.State]int
@@ -87,8 +86,8 @@ type class struct {
 	key      string
 	req      job.Labels
 	q        backlog
-	cands    []string // live pools covering req, as of candsGen
-	candsGen uint64
+	cands    []string       // live pools covering req, kept current by poolChanged
+	candAt   map[string]int // index of each in cands
 	hidx     int
 	unmarked int // jobs in q not yet flagged unroutable
 	scan     int // where the next search for them starts in q
@@ -205,7 +204,12 @@ func (m *model) classFor(req job.Labels) *class {
 	k := req.Key()
 	cl := m.classes[k]
 	if cl == nil {
-		cl = &class{key: k, req: req, hidx: -1}
+		cl = &class{key: k, req: req, hidx: -1, candAt: map[string]int{}}
+		for _, p := range m.pools {
+			if m.view(p).Serves(req) {
+				cl.addCand(p.name)
+			}
+		}
 		m.classes[k] = cl
 	}
 	return cl
@@ -263,10 +267,46 @@ func (m *model) recomputePool(p *pool) {
 		}
 		slots += f.Slots
 	}
-	if slots != p.slots || caps.Key() != p.caps.Key() {
-		m.poolsGen++
-	}
+	changed := slots != p.slots || caps.Key() != p.caps.Key()
 	p.caps, p.slots = caps, slots
+	if changed {
+		m.poolChanged(p)
+	}
+}
+
+// poolChanged brings every class's candidate pools up to date with p's
+// capabilities and liveness: O(classes) per change of a pool, where
+// recomputing each class's candidates from every pool was O(classes ×
+// pools) — with 1,000 pools, a quarter of the coordinator's CPU as
+// factories came and went.
+func (m *model) poolChanged(p *pool) {
+	v := m.view(p)
+	for _, cl := range m.classes {
+		if v.Serves(cl.req) {
+			cl.addCand(p.name)
+		} else {
+			cl.dropCand(p.name)
+		}
+	}
+}
+
+func (cl *class) addCand(pool string) {
+	if _, ok := cl.candAt[pool]; !ok {
+		cl.candAt[pool] = len(cl.cands)
+		cl.cands = append(cl.cands, pool)
+	}
+}
+
+func (cl *class) dropCand(pool string) {
+	i, ok := cl.candAt[pool]
+	if !ok {
+		return
+	}
+	last := len(cl.cands) - 1
+	cl.cands[i] = cl.cands[last]
+	cl.candAt[cl.cands[i]] = i
+	cl.cands = cl.cands[:last]
+	delete(cl.candAt, pool)
 }
 
 func (m *model) view(p *pool) scheduler.Pool {
@@ -277,18 +317,8 @@ func (m *model) view(p *pool) scheduler.Pool {
 	return scheduler.Pool{Name: p.name, Caps: p.caps, Factories: len(p.facs), Slots: p.slots, Inflight: p.inflight, Prefetch: pf}
 }
 
-func (m *model) candidates(cl *class) []string {
-	if cl.candsGen != m.poolsGen || cl.cands == nil {
-		cl.cands = cl.cands[:0]
-		for _, p := range m.pools {
-			if m.view(p).Serves(cl.req) {
-				cl.cands = append(cl.cands, p.name)
-			}
-		}
-		cl.candsGen = m.poolsGen
-	}
-	return cl.cands
-}
+// candidates are the live pools that can run cl's jobs.
+func (m *model) candidates(cl *class) []string { return cl.cands }
 
 // order is one decision of the gate.
 type order struct {

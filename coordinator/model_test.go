@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 
@@ -117,5 +119,43 @@ func TestLateEventDoesNotReviveFinishedJob(t *testing.T) {
 	m.apply(ev(job.Queued, 5))
 	if len(m.jobs) != 1 {
 		t.Fatalf("a newer revision was ignored: jobs %v", m.jobs)
+	}
+}
+
+// Each class's candidate pools are kept current as factories come, change
+// capabilities and go: after every step they equal a recomputation from
+// every pool.
+func TestCandidatesFollowPools(t *testing.T) {
+	t.Parallel()
+	m := newModel(1, false)
+	caps := [][]string{{"os=linux"}, {"os=linux", "gpu=true"}, {"os=mac"}, {"gpu=true"}, nil}
+	reqs := [][]string{nil, {"os=linux"}, {"gpu=true"}, {"os=linux", "gpu=true"}, {"os=mac"}, {"tpu=true"}}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for step := range 2000 {
+		id := fmt.Sprintf("f%d", rng.IntN(12))
+		switch rng.IntN(4) {
+		case 0:
+			m.putFactory(id, nil)
+		default:
+			m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", rng.IntN(4)),
+				Caps: caps[rng.IntN(len(caps))], Slots: rng.IntN(3), LastSeen: time.Now()})
+		}
+		if step%7 == 0 { // classes appear as jobs requiring new things arrive
+			m.classFor(reqs[rng.IntN(len(reqs))])
+		}
+		for _, cl := range m.classes {
+			var want []string
+			for _, p := range m.pools {
+				if m.view(p).Serves(cl.req) {
+					want = append(want, p.name)
+				}
+			}
+			got := slices.Clone(m.candidates(cl))
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("step %d, class %q: candidates %v, want %v", step, cl.key, got, want)
+			}
+		}
 	}
 }
