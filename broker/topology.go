@@ -56,8 +56,9 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 // coordinator's event relay reads every revision from the bucket's stream,
 // so a revision must outlive the relay's lag (a leader failover, a broker
 // node's loss, a burst). A job writes about four revisions per attempt plus
-// one per renewal; the relay purges all but the last revision of a job
-// once it has relayed its end, so only live jobs keep a history.
+// one per renewal; once the relay has relayed a revision it deletes the one
+// that revision replaced, so the history is only what the relay has not
+// read yet.
 const JobHistory = 32
 
 // BucketConfigs returns the configuration of every fleet KV bucket.

@@ -32,25 +32,35 @@ import (
 // The bucket keeps jobHistory revisions per key (broker.Topology), so a
 // relay that lags — across a leader failover, or under a burst — still
 // finds every revision it has not relayed, unless one job was written more
-// than that many times meanwhile.
+// than that many times meanwhile. Once a revision is relayed, the ones
+// before it have no reader left and are purged, so the bucket holds each
+// job's latest record plus what is not relayed yet.
 
 const (
-	relayKey        = "relay"
-	relayCheckpoint = time.Second // how often the checkpoint is saved
-	relayAckWait    = 5 * time.Second
-	relayWindow     = 4096 // events in flight
-	relayPurgeEvery = 5 * time.Millisecond
-	relayPurgeQueue = 1 << 16
+	relayKey          = "relay"
+	relayCheckpoint   = time.Second // how often the checkpoint is saved
+	relayAckWait      = 5 * time.Second
+	relayWindow       = 4096 // events in flight
+	relayCompactQueue = 1 << 16
 )
+
+// relayedRev is a job's revision that has been relayed.
+type relayedRev struct {
+	job string
+	seq uint64
+}
 
 type relayed struct {
 	seq  uint64      // stream sequence of the record's message (its revision)
 	ev   *nats.Msg   // the event to publish, if this revision is a transition
 	id   string      // its message id
 	dead *job.Record // the record, if it died at this revision
-	end  string      // the job's id, if it finished at this revision
-	ack  jetstream.PubAckFuture
-	sent time.Time // when ack's publish went out
+	job  string      // the record's job id
+	// replaces: the revision replaced an earlier one (it is not the job's
+	// creation), which is not needed once this one is relayed.
+	replaces bool
+	ack      jetstream.PubAckFuture
+	sent     time.Time // when ack's publish went out
 }
 
 // relay runs until ctx ends.
@@ -63,14 +73,14 @@ func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 	if err != nil {
 		return fmt.Errorf("relay: %s: %w", broker.JobsKVStream, err)
 	}
-	// A finished job's history is relayed: keep only its final record.
-	finished := make(chan string, relayPurgeQueue)
-	purged := make(chan struct{})
+	// Revisions older than one already relayed are needed by nobody.
+	toCompact := make(chan relayedRev, relayCompactQueue)
+	compacted := make(chan struct{})
 	go func() {
-		defer close(purged)
-		c.purgeFinished(ctx, kv, finished)
+		defer close(compacted)
+		c.compact(ctx, kv, toCompact)
 	}()
-	defer func() { close(finished); <-purged }()
+	defer func() { close(toCompact); <-compacted }()
 	inflight := make(chan relayed, relayWindow)
 	cons, err := c.consumeJobs(ctx, start, dec, func(seq uint64, r *job.Record) {
 		select {
@@ -101,10 +111,10 @@ func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 				continue
 			}
 			done = it.seq
-			if it.end != "" {
+			if it.replaces {
 				select {
-				case finished <- it.end:
-				default: // its old revisions stay: only disk
+				case toCompact <- relayedRev{it.job, it.seq}:
+				default: // older revisions stay: only disk, and the bucket's history bounds them
 				}
 			}
 		case <-save.C:
@@ -116,34 +126,23 @@ func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 	}
 }
 
-// purgeFinished purges the older revisions of each finished job it is
-// given, keeping the final record, until ctx ends or finished is closed.
-// It is background compaction, paced to one purge per relayPurgeEvery: a
-// purge costs the broker about as much as a record write (it recounts
-// every consumer's pending messages), and done at once for every finished
-// job it took ~15 % of a burst's CPU from dispatch. A burst's purges wait
-// in the queue (up to relayPurgeQueue ids; beyond that, or at a
-// takeover, a job keeps its old revisions: only disk, at most
-// broker.JobHistory of them).
-func (c *Coordinator) purgeFinished(ctx context.Context, kv jetstream.Stream, finished <-chan string) {
-	next := time.Now()
-	for id := range finished {
-		if wait := time.Until(next); wait > 0 {
-			t := time.NewTimer(wait)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-				return
-			}
-		}
+// compact removes, for each relayed revision it is given, the job's
+// older revisions, until ctx ends or relayed is closed: nothing reads them
+// any more, so a finished job keeps only its final record and a long job
+// does not pile up a revision per renewal. It purges the job's key below
+// the relayed revision — normally exactly one message, the revision it
+// replaced, which costs the broker O(1). (Purging a finished job's whole
+// history at once removed several messages, and a purge of more than one
+// makes nats-server recount every consumer's pending messages: O(keys in
+// the bucket) per finished job.)
+func (c *Coordinator) compact(ctx context.Context, kv jetstream.Stream, revs <-chan relayedRev) {
+	for r := range revs {
 		if ctx.Err() != nil {
 			return
 		}
-		if err := kv.Purge(ctx, jetstream.WithPurgeSubject(broker.JobsKVSubject(id)), jetstream.WithPurgeKeep(1)); err != nil && ctx.Err() == nil {
-			c.log.Debug("relay: old revisions of a finished job not purged", zap.String("job_id", id), zap.Error(err))
+		if err := kv.Purge(ctx, jetstream.WithPurgeSubject(broker.JobsKVSubject(r.job)), jetstream.WithPurgeSequence(r.seq)); err != nil && ctx.Err() == nil {
+			c.log.Debug("relay: older revisions not purged", zap.String("job_id", r.job), zap.Uint64("below", r.seq), zap.Error(err))
 		}
-		next = time.Now().Add(relayPurgeEvery)
 	}
 }
 
@@ -154,6 +153,7 @@ func (c *Coordinator) relayOne(seq uint64, r *job.Record) relayed {
 	if r == nil {
 		return it
 	}
+	it.job, it.replaces = r.ID, !(r.Moved && r.From == "")
 	ev, ok := r.Transition(seq)
 	if !ok {
 		return it
@@ -163,9 +163,6 @@ func (c *Coordinator) relayOne(seq uint64, r *job.Record) relayed {
 	it.id = r.ID + ":" + strconv.FormatUint(seq, 10)
 	if r.State == job.Dead {
 		it.dead = r
-	}
-	if r.State.Terminal() {
-		it.end = r.ID
 	}
 	var err error
 	it.sent = time.Now()

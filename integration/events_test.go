@@ -176,6 +176,38 @@ func (f *fleet) runCoordinator(mod ...func(*coordinator.Config)) (*coordinator.C
 	return c, stop
 }
 
+// Once a revision is relayed, the ones before it are purged: a long job
+// renewing its lease does not pile up a revision per renewal, and a
+// finished job keeps only its final record.
+func TestRelayedRevisionsArePurged(t *testing.T) {
+	t.Parallel()
+	f := startFleet(t)
+	f.startFactory(factory.Config{Slots: 1})
+	v := f.submit(job.Spec{Product: "acme", Command: []string{"sleep", "3"}})
+	f.waitState(v.JobID, 20*time.Second, job.Running)
+	s, err := f.b.JS.Stream(context.Background(), broker.JobsKVStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := func() uint64 {
+		info, err := s.Info(context.Background(), jetstream.WithSubjectFilter(broker.JobsKVSubject(v.JobID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[broker.JobsKVSubject(v.JobID)]
+	}
+	time.Sleep(6 * testRenew) // six renewals, each a revision
+	if r := f.record(v.JobID); r.State != job.Running {
+		t.Fatalf("the job is %s, want it still running", r.State)
+	}
+	if n := kept(); n > 2 {
+		t.Errorf("a running job keeps %d revisions after six renewals, want its latest (and one in relay)", n)
+	}
+	f.waitState(v.JobID, 20*time.Second, job.Succeeded)
+	var n uint64
+	testenv.Eventually(t, 10*time.Second, func() bool { n = kept(); return n == 1 }, "a finished job keeps %d revisions", n)
+}
+
 // Once a job's end is relayed, only its final record is kept: the bucket
 // holds a history only for live jobs.
 func TestFinishedJobKeepsOneRevision(t *testing.T) {
