@@ -56,9 +56,9 @@ func (t Topology) StreamConfigs() []jetstream.StreamConfig {
 // coordinator's event relay reads every revision from the bucket's stream,
 // so a revision must outlive the relay's lag (a leader failover, a broker
 // node's loss, a burst). A job writes about four revisions per attempt plus
-// one per renewal; once the relay has relayed a revision it deletes the one
-// that revision replaced, so the history is only what the relay has not
-// read yet.
+// one per renewal; once the relay has relayed a revision it purges the
+// revisions before it, so the history is only what the relay has not read
+// yet.
 const JobHistory = 32
 
 // BucketConfigs returns the configuration of every fleet KV bucket.

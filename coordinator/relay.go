@@ -127,7 +127,7 @@ func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 }
 
 // compact removes, for each relayed revision it is given, the job's
-// older revisions, until ctx ends or relayed is closed: nothing reads them
+// older revisions, until ctx ends or revs is closed: nothing reads them
 // any more, so a finished job keeps only its final record and a long job
 // does not pile up a revision per renewal. It purges the job's key below
 // the relayed revision — normally exactly one message, the revision it
