@@ -68,7 +68,7 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	// Every later write, whoever made it. This is not the relay's read: a
 	// relay catching up on the audit trail (after a takeover, say) must
 	// never hold the gate back. The two reads share their decoding.
-	decoded := newDecodedRecords()
+	decoded := &decodedRecords{}
 	written := make(chan job.Event, 4096)
 	follow, err := c.consumeJobs(ctx, snapRev+1, decoded, func(seq uint64, r *job.Record) {
 		if r == nil {
@@ -352,8 +352,8 @@ func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, dec *decoded
 // decodedRecords shares the decoding of fleet_jobs' revisions between the
 // leader's two readers of the bucket's stream, the model's and the relay's:
 // they read the same revisions at about the same time, so whichever is
-// first decodes and the other takes its record (JSON decoding was the
-// coordinator's largest CPU cost). It remembers the last len(slots)
+// first decodes and the other takes its record (decoding records is a
+// large share of the leader's CPU). It remembers the last len(slots)
 // revisions; a reader further behind decodes for itself.
 type decodedRecords struct {
 	mu    sync.Mutex
@@ -362,8 +362,6 @@ type decodedRecords struct {
 		r   *job.Record
 	}
 }
-
-func newDecodedRecords() *decodedRecords { return &decodedRecords{} }
 
 // decode returns the record stored at stream sequence seq, whose message
 // data is data.
