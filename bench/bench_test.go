@@ -285,14 +285,14 @@ func BenchmarkRawDrain(b *testing.B) {
 	b.ReportMetric(perSec/float64(runs), "jobs/s")
 }
 
-// TestFloor prints the raw floor against a lazily synced and a SyncAlways
-// server. It is skipped unless BENCH_FLOOR is set; BENCH_FLOOR_JOBS and
-// BENCH_FLOOR_WORKERS override N and W. Run it without -race:
+// TestRawPrint prints the raw baseline against a lazily synced and a
+// SyncAlways server. It is skipped unless BENCH_RAW is set; BENCH_RAW_JOBS
+// and BENCH_RAW_WORKERS override N and W. Run it without -race:
 //
-//	BENCH_FLOOR=1 go test -run TestFloor -v ./bench/
-func TestFloor(t *testing.T) {
-	if os.Getenv("BENCH_FLOOR") == "" {
-		t.Skip("set BENCH_FLOOR=1 to measure the raw floor")
+//	BENCH_RAW=1 go test -run TestRawPrint -v ./bench/
+func TestRawPrint(t *testing.T) {
+	if os.Getenv("BENCH_RAW") == "" {
+		t.Skip("set BENCH_RAW=1 to measure the raw baseline")
 	}
 	envInt := func(k string, def int) int {
 		if v, err := strconv.Atoi(os.Getenv(k)); err == nil && v > 0 {
@@ -300,8 +300,8 @@ func TestFloor(t *testing.T) {
 		}
 		return def
 	}
-	jobs := envInt("BENCH_FLOOR_JOBS", DefaultJobs)
-	workers := envInt("BENCH_FLOOR_WORKERS", DefaultWorkers)
+	jobs := envInt("BENCH_RAW_JOBS", DefaultJobs)
+	workers := envInt("BENCH_RAW_WORKERS", DefaultWorkers)
 	for _, mode := range []struct {
 		name string
 		sync bool
@@ -321,7 +321,7 @@ func TestFloor(t *testing.T) {
 				}
 				t.Logf("RawDrain #%d N=%d W=%d: %v, %.0f jobs/s", i+1, res.Jobs, res.Workers, res.Elapsed, res.PerSec)
 			}
-			if os.Getenv("BENCH_FLOOR_STEADY") != "" {
+			if os.Getenv("BENCH_RAW_STEADY") != "" {
 				res, err := RawSteady(ctx, RawConfig{URL: url, Workers: workers, SteadyFor: 5 * time.Second})
 				if err != nil {
 					t.Fatal(err)
@@ -330,5 +330,43 @@ func TestFloor(t *testing.T) {
 					res.Offered, res.Sent, res.Done, res.RunStart, res.Completed)
 			}
 		})
+	}
+}
+
+// TestFloors runs every floor variant's drain and steady measurement on a
+// small scale and checks that each did the design's writes.
+func TestFloors(t *testing.T) {
+	url := startServer(t, false)
+	for _, c := range []struct {
+		kind   FloorKind
+		writes float64
+	}{{FloorDesign, 7}, {FloorDirect, 4}, {FloorDirectBatch, 4}} {
+		t.Run(string(c.kind), func(t *testing.T) {
+			res, err := FloorDrain(context.Background(), RawConfig{URL: url, Jobs: 501, Workers: 4}, c.kind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Jobs != 501 || res.PerSec <= 0 || res.Elapsed <= 0 {
+				t.Errorf("result %+v", res)
+			}
+			if res.WritesPerJob != c.writes {
+				t.Errorf("writes per job %.3f, want %v", res.WritesPerJob, c.writes)
+			}
+			st, err := FloorSteady(context.Background(), RawConfig{URL: url, Workers: 4, Rate: 200, SteadyFor: 500 * time.Millisecond}, c.kind)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Sent != 100 || st.Done != 100 {
+				t.Errorf("steady sent %d done %d, want 100", st.Sent, st.Done)
+			}
+			checkLatency(t, "run start", st.RunStart, 100)
+			checkLatency(t, "completed", st.Completed, 100)
+			if st.Completed.P50 < st.RunStart.P50 {
+				t.Errorf("completed p50 %v before run-start p50 %v", st.Completed.P50, st.RunStart.P50)
+			}
+		})
+	}
+	if _, err := FloorDrain(context.Background(), RawConfig{URL: url, Jobs: 1}, "other"); err == nil {
+		t.Error("unknown floor accepted")
 	}
 }

@@ -43,6 +43,20 @@ func TestRunSmall(t *testing.T) {
 		if m.WriteRate <= 0 || m.RawDrain.Jobs != 200 || m.RawSteady.Done != 100 {
 			t.Errorf("%s: raw baseline %v %+v %+v", m.Mode, m.WriteRate, m.RawDrain, m.RawSteady)
 		}
+		wantFloors := 0
+		if m.Mode == ModeLazy {
+			wantFloors = len(FloorKinds)
+		}
+		if len(m.Floors) != wantFloors {
+			t.Errorf("%s: %d floors, want %d", m.Mode, len(m.Floors), wantFloors)
+		}
+		for _, f := range m.Floors {
+			if f.DrainErr != "" || f.SteadyErr != "" || f.Drain == nil || f.Steady == nil {
+				t.Errorf("%s: floor %s failed: %q %q", m.Mode, f.Kind, f.DrainErr, f.SteadyErr)
+			} else if f.DrainRatio <= 0 || f.RunStartRatio <= 0 || f.Steady.Done != 100 {
+				t.Errorf("%s: floor %s: %+v", m.Mode, f.Kind, f)
+			}
+		}
 		if len(m.Fleet) != 1 || m.Fleet[0].Runner != RunnerNoop {
 			t.Fatalf("%s: fleet runs %+v, want one no-op run", m.Mode, m.Fleet)
 		}
@@ -118,7 +132,13 @@ func TestRunSmall(t *testing.T) {
 	}
 	var back struct {
 		Modes []struct {
-			Mode  string `json:"mode"`
+			Mode   string `json:"mode"`
+			Floors []struct {
+				Kind  string `json:"kind"`
+				Drain struct {
+					PerSec float64 `json:"per_sec"`
+				} `json:"drain"`
+			} `json:"floors"`
 			Fleet []struct {
 				Steady struct {
 					RunStart struct {
@@ -132,10 +152,11 @@ func TestRunSmall(t *testing.T) {
 	if err := json.Unmarshal(data, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Modes) != 2 || back.Modes[0].Mode != "lazy" || len(back.Targets) != 5 || back.Modes[0].Fleet[0].Steady.RunStart.P50 <= 0 {
+	if len(back.Modes) != 2 || back.Modes[0].Mode != "lazy" || len(back.Targets) != 5 || back.Modes[0].Fleet[0].Steady.RunStart.P50 <= 0 ||
+		len(back.Modes[0].Floors) != len(FloorKinds) || back.Modes[0].Floors[0].Kind != "design" || back.Modes[0].Floors[0].Drain.PerSec <= 0 {
 		t.Errorf("JSON %s", data)
 	}
-	for _, want := range []string{"END TO END", "WRITES PER FINISHED JOB", "SCALE", "TARGETS", "fleet, no-op runner"} {
+	for _, want := range []string{"END TO END", "WRITES PER FINISHED JOB", "SCALE", "TARGETS", "fleet, no-op runner", "floor: the design", "the design's floor"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}

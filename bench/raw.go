@@ -444,30 +444,15 @@ func RawSteady(ctx context.Context, cfg RawConfig) (SteadyResult, error) {
 	}
 
 	// Publisher.
-	sent := 0
-	t0 := time.Now()
-	pubErr := func() error {
-		ticker := time.NewTicker(steadyTick)
-		defer ticker.Stop()
-		for sent < total {
-			select {
-			case <-runCtx.Done():
-				return runCtx.Err()
-			case <-ticker.C:
-			}
-			due := min(total, int(time.Since(t0).Seconds()*cfg.Rate))
-			for ; sent < due; sent++ {
-				buf := make([]byte, size)
-				binary.BigEndian.PutUint64(buf[0:8], uint64(sent))
-				binary.BigEndian.PutUint64(buf[8:16], uint64(time.Since(base)))
-				if err := publishAsync(runCtx, r.pubJS, r.subject, buf); err != nil {
-					return fmt.Errorf("bench: publish: %w", err)
-				}
-			}
+	sent, duration, pubErr := paced(runCtx, cfg.Rate, total, func(i int) error {
+		buf := make([]byte, size)
+		binary.BigEndian.PutUint64(buf[0:8], uint64(i))
+		binary.BigEndian.PutUint64(buf[8:16], uint64(time.Since(base)))
+		if err := publishAsync(runCtx, r.pubJS, r.subject, buf); err != nil {
+			return fmt.Errorf("bench: publish: %w", err)
 		}
 		return nil
-	}()
-	pubEnd := time.Now()
+	})
 	if pubErr == nil {
 		pubErr = waitPublished(runCtx, r.pubJS)
 	}
@@ -482,26 +467,9 @@ func RawSteady(ctx context.Context, cfg RawConfig) (SteadyResult, error) {
 		}
 		return SteadyResult{}, pubErr
 	}
-	duration := pubEnd.Sub(t0)
 
 	// Wait for every job to be handled.
-	settle := time.NewTimer(steadySettle)
-	defer settle.Stop()
-	poll := time.NewTicker(2 * time.Millisecond)
-	defer poll.Stop()
-	var waitErr error
-wait:
-	for done.Load() < int64(sent) {
-		select {
-		case <-runCtx.Done():
-			waitErr = runCtx.Err()
-			break wait
-		case <-settle.C:
-			waitErr = fmt.Errorf("bench: only %d of %d jobs done %v after the last publish", done.Load(), sent, steadySettle)
-			break wait
-		case <-poll.C:
-		}
-	}
+	waitErr := awaitDone(runCtx, &done, sent)
 	stopWorkers()
 	if failure.err != nil {
 		return SteadyResult{}, failure.err
@@ -519,6 +487,24 @@ wait:
 		RunStart:  Summarize(runStart[:sent]),
 		Completed: Summarize(completed[:sent]),
 	}, nil
+}
+
+// awaitDone waits until done reaches n, for at most steadySettle.
+func awaitDone(ctx context.Context, done *atomic.Int64, n int) error {
+	settle := time.NewTimer(steadySettle)
+	defer settle.Stop()
+	poll := time.NewTicker(2 * time.Millisecond)
+	defer poll.Stop()
+	for done.Load() < int64(n) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-settle.C:
+			return fmt.Errorf("bench: only %d of %d jobs done %v after the last publish", done.Load(), n, steadySettle)
+		case <-poll.C:
+		}
+	}
+	return nil
 }
 
 // WriteRate measures how many stored (synced, if the server syncs every

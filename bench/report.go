@@ -83,6 +83,17 @@ func runnerName(k RunnerKind) string {
 	return "fleet, no-op runner"
 }
 
+func floorName(k FloorKind) string {
+	switch k {
+	case FloorDesign:
+		return "floor: the design"
+	case FloorDirect:
+		return "floor: no hop, no events"
+	default:
+		return "floor: …, batch 32"
+	}
+}
+
 // streamOrder is the order of the per-stream write columns.
 var streamOrder = []string{"FLEET_INGEST", "KV_fleet_jobs", "FLEET_EVENTS", "FLEET_JOBS", "FLEET_LOGS", "FLEET_DEAD"}
 
@@ -117,6 +128,18 @@ func (r *Report) WriteTable(out io.Writer) error {
 				run, done, rate = fmtLat(mr.RawSteady.RunStart, true), fmtLat(mr.RawSteady.Completed, false), fmtRate(mr.RawSteady.Offered)
 			}
 			fmt.Fprintf(tw, "%s\traw JetStream\t%s\t1\t%s\t1\t%s\t%s\t1 (+ack)\t%s\n", mr.Mode, drain, run, done, rate, note)
+			for _, f := range mr.Floors {
+				drain, ratio, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-"
+				if d := f.Drain; d != nil {
+					drain, ratio, writes = fmtRate(d.PerSec), fmt.Sprintf("%.3f", f.DrainRatio), fmt.Sprintf("%.2f", d.WritesPerJob)
+				}
+				if s := f.Steady; s != nil {
+					run, done, rate = fmtLat(s.RunStart, true), fmtLat(s.Completed, false), fmtRate(s.Offered)
+					rratio = fmt.Sprintf("%.1f", f.RunStartRatio)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, floorName(f.Kind), drain, ratio, run, rratio,
+					done, rate, writes, joinNotes(errNote("drain", f.DrainErr), errNote("steady", f.SteadyErr)))
+			}
 			for _, f := range mr.Fleet {
 				drain, ratio, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-"
 				var notes []string
@@ -400,6 +423,17 @@ type jsonFleetRun struct {
 	FsyncFraction  float64          `json:"fsync_bound_fraction,omitempty"`
 }
 
+type jsonFloor struct {
+	Kind          FloorKind   `json:"kind"`
+	Drain         *jsonDrain  `json:"drain,omitempty"`
+	WritesPerJob  float64     `json:"drain_writes_per_job,omitempty"`
+	DrainErr      string      `json:"drain_error,omitempty"`
+	Steady        *jsonSteady `json:"steady,omitempty"`
+	SteadyErr     string      `json:"steady_error,omitempty"`
+	DrainRatio    float64     `json:"drain_vs_raw"`
+	RunStartRatio float64     `json:"run_start_p50_vs_raw"`
+}
+
 type jsonMode struct {
 	Mode         Mode           `json:"mode"`
 	WriteRate    float64        `json:"write_rate_per_sec"`
@@ -408,6 +442,7 @@ type jsonMode struct {
 	RawDrainErr  string         `json:"raw_drain_error,omitempty"`
 	RawSteady    *jsonSteady    `json:"raw_steady,omitempty"`
 	RawSteadyErr string         `json:"raw_steady_error,omitempty"`
+	Floors       []jsonFloor    `json:"floors,omitempty"`
 	Fleet        []jsonFleetRun `json:"fleet"`
 }
 
@@ -461,6 +496,7 @@ type jsonConfig struct {
 	SteadyMs    float64 `json:"steady_ms"`
 	Modes       []Mode  `json:"modes"`
 	SkipExec    bool    `json:"skip_exec"`
+	SkipFloor   bool    `json:"skip_floor"`
 	SkipScale   bool    `json:"skip_scale"`
 	ScaleJobs   int     `json:"scale_jobs"`
 	Pools       int     `json:"pools"`
@@ -490,7 +526,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 	c := r.Config
 	out := jsonReport{Started: r.Started, ElapsedMs: ms(r.Elapsed), Machine: r.Machine, Command: r.Command,
 		Config: jsonConfig{Jobs: c.Jobs, Factories: c.Factories, Slots: c.Slots, Rate: c.Rate, SteadyMs: ms(c.SteadyFor),
-			Modes: c.Modes, SkipExec: c.SkipExec, SkipScale: c.SkipScale, ScaleJobs: c.Scale.Jobs, Pools: c.Scale.Pools,
+			Modes: c.Modes, SkipExec: c.SkipExec, SkipFloor: c.SkipFloor, SkipScale: c.SkipScale, ScaleJobs: c.Scale.Jobs, Pools: c.Scale.Pools,
 			ScaleMs: ms(c.Scale.For), BurstJobs: c.Scale.BurstJobs, StallMs: ms(c.StallAfter), RawWorkers: c.Factories * c.Slots,
 			PayloadSize: DefaultPayloadBytes},
 		ScaleErr: r.ScaleErr, Failed: r.Failed(), Modes: []jsonMode{}, Targets: []jsonTarget{}}
@@ -503,6 +539,19 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		if s := m.RawSteady; s != nil {
 			v := steadyJSON(*s)
 			jm.RawSteady = &v
+		}
+		for _, f := range m.Floors {
+			jf := jsonFloor{Kind: f.Kind, DrainErr: f.DrainErr, SteadyErr: f.SteadyErr, DrainRatio: round3(f.DrainRatio),
+				RunStartRatio: round3(f.RunStartRatio)}
+			if d := f.Drain; d != nil {
+				jf.Drain = &jsonDrain{d.Jobs, d.Workers, ms(d.Elapsed), round3(d.PerSec)}
+				jf.WritesPerJob = round3(d.WritesPerJob)
+			}
+			if s := f.Steady; s != nil {
+				v := steadyJSON(*s)
+				jf.Steady = &v
+			}
+			jm.Floors = append(jm.Floors, jf)
 		}
 		for _, f := range m.Fleet {
 			jf := jsonFleetRun{Runner: f.Runner, DrainErr: f.DrainErr, SteadyErr: f.SteadyErr, DrainRatio: round3(f.DrainRatio),

@@ -24,6 +24,7 @@ type Config struct {
 	SteadyFor time.Duration // steady window, default 10s
 	Modes     []Mode        // default lazy, always
 	SkipExec  bool          // skip the exec-runner measurements
+	SkipFloor bool          // skip the design floors (measured in lazy mode only)
 	SkipScale bool
 	Scale     ScaleConfig // Jobs, Pools, For, BurstJobs; the rest is taken from above
 	// StallAfter is how long a wait sees no job finish before it records a
@@ -122,6 +123,17 @@ type FleetRun struct {
 	FsyncBound, FsyncFraction float64
 }
 
+// FloorRun is one design-floor variant's measurements, with the ratios to
+// the raw baseline of the same run.
+type FloorRun struct {
+	Kind                      FloorKind
+	Drain                     *FloorResult
+	DrainErr                  string
+	Steady                    *SteadyResult
+	SteadyErr                 string
+	DrainRatio, RunStartRatio float64
+}
+
 // ModeRun is everything measured in one sync mode.
 type ModeRun struct {
 	Mode Mode
@@ -133,7 +145,9 @@ type ModeRun struct {
 	RawDrainErr  string
 	RawSteady    *SteadyResult
 	RawSteadyErr string
-	Fleet        []FleetRun
+	// Floors: the design's JetStream work done by bare code (lazy mode).
+	Floors []FloorRun
+	Fleet  []FleetRun
 }
 
 // Target is one of the targets and whether the run met it.
@@ -163,6 +177,11 @@ func (r *Report) Failed() bool {
 	for _, m := range r.Modes {
 		if m.WriteRateErr != "" || m.RawDrainErr != "" || m.RawSteadyErr != "" {
 			return true
+		}
+		for _, f := range m.Floors {
+			if f.DrainErr != "" || f.SteadyErr != "" {
+				return true
+			}
 		}
 		for _, f := range m.Fleet {
 			if f.DrainErr != "" || f.SteadyErr != "" ||
@@ -264,6 +283,45 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		})
 		mr.RawSteadyErr = errText(err)
 
+		for _, kind := range FloorKinds {
+			if cfg.SkipFloor || mode != ModeLazy {
+				break
+			}
+			fl := FloorRun{Kind: kind}
+			say("%s: %s floor, drain N=%d and steady %.0f/s for %v", mode, kind, cfg.Jobs, cfg.Rate, cfg.SteadyFor)
+			err = phase(fmt.Sprintf("%s/floor-%s-drain", mode, kind), func(ctx context.Context) error {
+				return withServer(ctx, mode, func(url string) (err error) {
+					raw.URL = url
+					var d FloorResult
+					labelled(ctx, "part", "harness", func(ctx context.Context) { d, err = FloorDrain(ctx, raw, kind) })
+					if err == nil {
+						fl.Drain = &d
+					}
+					return err
+				})
+			})
+			fl.DrainErr = errText(err)
+			err = phase(fmt.Sprintf("%s/floor-%s-steady", mode, kind), func(ctx context.Context) error {
+				return withServer(ctx, mode, func(url string) (err error) {
+					raw.URL = url
+					var s SteadyResult
+					labelled(ctx, "part", "harness", func(ctx context.Context) { s, err = FloorSteady(ctx, raw, kind) })
+					if err == nil {
+						fl.Steady = &s
+					}
+					return err
+				})
+			})
+			fl.SteadyErr = errText(err)
+			if fl.Drain != nil && mr.RawDrain != nil && mr.RawDrain.PerSec > 0 {
+				fl.DrainRatio = fl.Drain.PerSec / mr.RawDrain.PerSec
+			}
+			if fl.Steady != nil && mr.RawSteady != nil && mr.RawSteady.RunStart.P50 > 0 {
+				fl.RunStartRatio = float64(fl.Steady.RunStart.P50) / float64(mr.RawSteady.RunStart.P50)
+			}
+			mr.Floors = append(mr.Floors, fl)
+		}
+
 		runners := []RunnerKind{RunnerNoop, RunnerExec}
 		if cfg.SkipExec {
 			runners = runners[:1]
@@ -356,6 +414,18 @@ func (r *Report) mode(m Mode) *ModeRun {
 	return nil
 }
 
+func (m *ModeRun) floor(kind FloorKind) *FloorRun {
+	if m == nil {
+		return nil
+	}
+	for i := range m.Floors {
+		if m.Floors[i].Kind == kind {
+			return &m.Floors[i]
+		}
+	}
+	return nil
+}
+
 func (m *ModeRun) fleet(kind RunnerKind) *FleetRun {
 	if m == nil {
 		return nil
@@ -390,6 +460,12 @@ func (r *Report) evaluate() []Target {
 		if lazy.Drain.Stalled != "" {
 			t.Measured += ", stalled"
 		}
+		if d, c := r.mode(ModeLazy).floor(FloorDesign), r.mode(ModeLazy).floor(FloorDirectBatch); d != nil && d.Drain != nil {
+			t.Measured += fmt.Sprintf("; the design's floor %.3f×", d.DrainRatio)
+			if c != nil && c.Drain != nil {
+				t.Measured += fmt.Sprintf(", any fenced design's %.3f×", c.DrainRatio)
+			}
+		}
 	} else {
 		t.Missing = true
 	}
@@ -400,6 +476,9 @@ func (r *Report) evaluate() []Target {
 		l := lazy.Steady.RunStart
 		t.Measured = fmt.Sprintf("p50 %s, p99 %s (offered %.0f/s)", fmtDur(l.P50), fmtDur(l.P99), lazy.Steady.Offered)
 		t.Met = l.P50 <= time.Millisecond && l.P99 <= 2*time.Millisecond && lazy.Steady.Stalled == ""
+		if d := r.mode(ModeLazy).floor(FloorDesign); d != nil && d.Steady != nil {
+			t.Measured += fmt.Sprintf("; the design's floor p50 %s, p99 %s", fmtDur(d.Steady.RunStart.P50), fmtDur(d.Steady.RunStart.P99))
+		}
 	} else {
 		t.Missing = true
 	}

@@ -34,6 +34,7 @@ func benchCommand() *cli.Command {
 				Usage: "length of each steady measurement"},
 			&cli.StringFlag{Name: "modes", Value: "lazy,always", EnvVars: env("BENCH_MODES"),
 				Usage: "broker sync modes: lazy (nats default) and/or always (fsync before ack, fleet's default)"},
+			&cli.BoolFlag{Name: "skip-floor", EnvVars: env("BENCH_SKIP_FLOOR"), Usage: "skip the design floors (the design's JetStream work done by bare code, no fleet)"},
 			&cli.BoolFlag{Name: "skip-exec", EnvVars: env("BENCH_SKIP_EXEC"), Usage: "skip the exec-runner measurements (jobs running true as a child process)"},
 			&cli.BoolFlag{Name: "skip-scale", EnvVars: env("BENCH_SKIP_SCALE"), Usage: "skip the scale measurements"},
 			&cli.IntFlag{Name: "scale-jobs", Value: bench.DefaultScaleJobs, EnvVars: env("BENCH_SCALE_JOBS"),
@@ -76,7 +77,7 @@ func runBench(c *cli.Context) error {
 	defer func() { _ = log.Sync() }()
 	cfg := bench.Config{
 		Jobs: c.Int("jobs"), Factories: c.Int("factories"), Slots: c.Int("slots"), Rate: c.Float64("rate"),
-		SteadyFor: c.Duration("duration"), Modes: modes, SkipExec: c.Bool("skip-exec"), SkipScale: c.Bool("skip-scale"),
+		SteadyFor: c.Duration("duration"), Modes: modes, SkipExec: c.Bool("skip-exec"), SkipFloor: c.Bool("skip-floor"), SkipScale: c.Bool("skip-scale"),
 		Scale: bench.ScaleConfig{Jobs: c.Int("scale-jobs"), Pools: c.Int("pools"), For: c.Duration("scale-duration"),
 			BurstJobs: c.Int("burst")},
 		StallAfter: c.Duration("stall-after"), Log: log,
