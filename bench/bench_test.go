@@ -370,3 +370,19 @@ func TestFloors(t *testing.T) {
 		t.Error("unknown floor accepted")
 	}
 }
+
+func TestRawPools(t *testing.T) {
+	url := startServer(t, false)
+	res, err := RawPools(context.Background(), url, 5, 10, 2, 200, 500*time.Millisecond, 50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Name != "5 pools" || res.Steady.Sent != 100 || res.Steady.Done != 100 || res.BurstJobs != 50 || res.BurstPerSec <= 0 {
+		t.Errorf("result %+v", res)
+	}
+	checkLatency(t, "run start", res.Steady.RunStart, 100)
+	checkLatency(t, "completed", res.Steady.Completed, 100)
+	if _, err := RawPools(context.Background(), url, 5, 4, 1, 200, time.Second, 10); err == nil {
+		t.Error("fewer connections than pools accepted")
+	}
+}

@@ -102,6 +102,9 @@ func TestRunSmall(t *testing.T) {
 	if sc.Memory.Jobs != 1000 || sc.Memory.Heap == 0 || sc.Memory.RebuildElapsed <= 0 {
 		t.Errorf("memory %+v", sc.Memory)
 	}
+	if sc.RawErr != "" || len(sc.Raw) != 2 || sc.Raw[1].Pools != 20 || sc.Raw[1].Conns != 20 || sc.Raw[0].Steady.Done != 100 || sc.Raw[1].BurstPerSec <= 0 {
+		t.Errorf("raw pools %q %+v", sc.RawErr, sc.Raw)
+	}
 	if len(sc.Dispatch) != 4 {
 		t.Fatalf("%d dispatch cases, want 4", len(sc.Dispatch))
 	}
@@ -156,7 +159,7 @@ func TestRunSmall(t *testing.T) {
 		len(back.Modes[0].Floors) != len(FloorKinds) || back.Modes[0].Floors[0].Kind != "design" || back.Modes[0].Floors[0].Drain.PerSec <= 0 {
 		t.Errorf("JSON %s", data)
 	}
-	for _, want := range []string{"END TO END", "WRITES PER FINISHED JOB", "SCALE", "TARGETS", "fleet, no-op runner", "floor: the design", "the design's floor"} {
+	for _, want := range []string{"END TO END", "WRITES PER FINISHED JOB", "SCALE", "TARGETS", "fleet, no-op runner", "floor: the design", "the design's floor", "raw JetStream, 20 pools"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q", want)
 		}

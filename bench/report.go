@@ -218,7 +218,14 @@ func (r *Report) WriteTable(out io.Writer) error {
 					d.StartElapsed.Round(10*time.Millisecond), fmtLat(d.Steady.RunStart, true), fmtLat(d.Steady.Completed, false),
 					fmtRate(d.BurstPerSec), stageCols(d.Stages), note)
 			}
+			for _, rp := range s.Raw {
+				fmt.Fprintf(tw, "raw JetStream, %s\t%d×%d\t-\t%s\t%s\t%s\t-\t-\t-\t-\tno fleet: a consumer per pool, publish → fetch → double ack\n", rp.Name, rp.Conns, rp.Workers,
+					fmtLat(rp.Steady.RunStart, true), fmtLat(rp.Steady.Completed, false), fmtRate(rp.BurstPerSec))
+			}
 			_ = tw.Flush()
+			if s.RawErr != "" {
+				w.printf("raw JetStream pools FAILED: %s\n", s.RawErr)
+			}
 		}
 	}
 	if r.ScaleErr != "" {
@@ -475,9 +482,22 @@ type jsonDispatch struct {
 	Stalled         string     `json:"stalled,omitempty"`
 }
 
+type jsonRawPools struct {
+	Name        string     `json:"name"`
+	Pools       int        `json:"pools"`
+	Conns       int        `json:"connections"`
+	Workers     int        `json:"workers_per_connection"`
+	Steady      jsonSteady `json:"steady"`
+	BurstJobs   int        `json:"burst_jobs"`
+	BurstMs     float64    `json:"burst_ms"`
+	BurstPerSec float64    `json:"burst_per_sec"`
+}
+
 type jsonScale struct {
 	Memory   jsonMemory     `json:"memory"`
 	Dispatch []jsonDispatch `json:"dispatch"`
+	Raw      []jsonRawPools `json:"raw_jetstream,omitempty"`
+	RawErr   string         `json:"raw_jetstream_error,omitempty"`
 }
 
 type jsonTarget struct {
@@ -582,6 +602,11 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 				SlotsPerFactory: d.SlotsPerFactory, Backlog: d.Backlog, StartMs: ms(d.StartElapsed), Steady: steadyJSON(d.Steady), Stages: stagesJSON(d.Stages),
 				BurstJobs: d.BurstJobs, BurstMs: ms(d.BurstElapsed), BurstPerSec: round3(d.BurstPerSec), Stalled: d.Stalled})
 		}
+		for _, rp := range s.Raw {
+			js.Raw = append(js.Raw, jsonRawPools{Name: rp.Name, Pools: rp.Pools, Conns: rp.Conns, Workers: rp.Workers,
+				Steady: steadyJSON(rp.Steady), BurstJobs: rp.BurstJobs, BurstMs: ms(rp.BurstElapsed), BurstPerSec: round3(rp.BurstPerSec)})
+		}
+		js.RawErr = s.RawErr
 		out.Scale = js
 	}
 	for _, t := range r.Targets {

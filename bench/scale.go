@@ -116,6 +116,12 @@ type DispatchResult struct {
 type ScaleResult struct {
 	Memory   MemoryResult
 	Dispatch []DispatchResult
+	// Raw is raw JetStream in the shape of the first two dispatch cases
+	// (one pool; Pools pools on as many connections): how much of a
+	// growth with pools is the broker's own. RawErr says why it is
+	// missing, if it is.
+	Raw    []RawPoolsResult
+	RawErr string
 }
 
 // heapInuse forces a collection (returning freed memory to the OS, so RSS
@@ -150,6 +156,30 @@ func Scale(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
 		return ScaleResult{}, err
 	}
 	var res ScaleResult
+	for _, wide := range []bool{false, true} {
+		pools, conns, workers := 1, cfg.Factories, cfg.Slots
+		if wide {
+			pools, conns, workers = cfg.Pools, cfg.Pools, 1
+		}
+		cfg.Progress("scale: raw JetStream, %d pools on %d connections × %d workers", pools, conns, workers)
+		err := withServer(ctx, ModeLazy, func(url string) (err error) {
+			var rp RawPoolsResult
+			labelled(ctx, "phase", fmt.Sprintf("scale/raw-p%d", pools), func(ctx context.Context) {
+				rp, err = RawPools(ctx, url, pools, conns, workers, cfg.Rate, cfg.For, cfg.BurstJobs)
+			})
+			if err == nil {
+				res.Raw = append(res.Raw, rp)
+			}
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			res.RawErr = err.Error()
+			break
+		}
+	}
 	err = withServer(ctx, ModeLazy, func(url string) error {
 		r, err := startRig(ctx, url, cfg.Log)
 		if err != nil {

@@ -194,6 +194,9 @@ func (r *Report) Failed() bool {
 		return true
 	}
 	if r.Scale != nil {
+		if r.Scale.RawErr != "" {
+			return true
+		}
 		for _, d := range r.Scale.Dispatch {
 			if d.Stalled != "" {
 				return true
@@ -523,6 +526,10 @@ func (r *Report) evaluate() []Target {
 			t.Met = t.Met && ok
 		}
 		t.Measured = strings.Join(parts, "; ")
+		if raw := r.Scale.Raw; len(raw) == 2 && raw[0].Steady.RunStart.P50 > 0 && raw[0].BurstPerSec > 0 {
+			t.Measured += fmt.Sprintf("; raw JetStream itself, %s vs %s: p50 %.2f×, burst %.2f×", raw[1].Name, raw[0].Name,
+				float64(raw[1].Steady.RunStart.P50)/float64(raw[0].Steady.RunStart.P50), raw[1].BurstPerSec/raw[0].BurstPerSec)
+		}
 	} else {
 		t.Missing = true
 	}
