@@ -96,7 +96,16 @@ func (b *Broker) Provision(ctx context.Context, t Topology) error {
 // PoolConsumerConfig is the durable pull consumer of a pool. Its ack wait is
 // the lease; MaxDeliver bounds a poison message, after which the reconciler
 // moves it to FLEET_DEAD.
-func PoolConsumerConfig(pool string, lease time.Duration) jetstream.ConsumerConfig {
+//
+// Its state (deliveries, pending acks) is kept in memory unless stateOnDisk:
+// nats-server rewrites a file-backed consumer's state file as its deliveries
+// and acks change, which with hundreds of pools is most of the broker's work
+// (see BENCHMARKS.md). What memory state gives up is safe here: after a
+// broker restart the consumer is gone, the factories re-register (which
+// creates it again) and every message still in the pool is delivered anew
+// — a job already running is told to wait by its record's live lease, a
+// finished one is dropped — and MaxDeliver counts start over.
+func PoolConsumerConfig(pool string, lease time.Duration, stateOnDisk bool) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
 		Durable:       subjects.PoolConsumer(pool),
 		Description:   "factories of pool " + pool,
@@ -107,17 +116,29 @@ func PoolConsumerConfig(pool string, lease time.Duration) jetstream.ConsumerConf
 		MaxAckPending: -1,
 		MaxWaiting:    4096,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MemoryStorage: !stateOnDisk,
 	}
 }
 
-// EnsurePoolConsumer creates or updates pool's consumer.
-func (b *Broker) EnsurePoolConsumer(ctx context.Context, pool string, lease time.Duration) error {
+// EnsurePoolConsumer creates or updates pool's consumer. A consumer's
+// storage cannot be changed in place, so an existing consumer keeps its
+// own: a pool created under the other setting changes only once its
+// consumer is deleted.
+func (b *Broker) EnsurePoolConsumer(ctx context.Context, pool string, lease time.Duration, stateOnDisk bool) error {
 	if err := subjects.CheckToken("pool", pool); err != nil {
 		return err
 	}
-	_, err := b.JS.CreateOrUpdateConsumer(ctx, subjects.StreamJobs, PoolConsumerConfig(pool, lease))
+	cfg := PoolConsumerConfig(pool, lease, stateOnDisk)
+	_, err := b.JS.CreateOrUpdateConsumer(ctx, subjects.StreamJobs, cfg)
 	if err != nil {
-		return fmt.Errorf("provision consumer %s: %w", subjects.PoolConsumer(pool), err)
+		if cur, cerr := b.JS.Consumer(ctx, subjects.StreamJobs, cfg.Durable); cerr == nil &&
+			cur.CachedInfo().Config.MemoryStorage != cfg.MemoryStorage {
+			cfg.MemoryStorage = cur.CachedInfo().Config.MemoryStorage
+			_, err = b.JS.CreateOrUpdateConsumer(ctx, subjects.StreamJobs, cfg)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("provision consumer %s: %w", cfg.Durable, err)
 	}
 	return nil
 }

@@ -186,7 +186,7 @@ func (c *Coordinator) register(ctx context.Context, data []byte, first bool) job
 	known := c.pools[info.Pool]
 	c.mu.Unlock()
 	if first || !known {
-		if err := c.b.EnsurePoolConsumer(ctx, info.Pool, c.cfg.LeaseTTL); err != nil {
+		if err := c.b.EnsurePoolConsumer(ctx, info.Pool, c.cfg.LeaseTTL, c.cfg.PoolStateOnDisk); err != nil {
 			return job.RegisterReply{Err: job.NewCtlError(err)}
 		}
 		c.mu.Lock()

@@ -35,7 +35,10 @@ type Config struct {
 	Prefetch   int           // default 1 per pool; negative means 0
 	LeaseTTL   time.Duration // ack wait of pool consumers and lease of a claim; default 90s
 	RenewEvery time.Duration // how often factories renew; default 30s
-	FactoryTTL time.Duration // a factory unseen this long is gone; default LeaseTTL
+	// PoolStateOnDisk keeps new pool consumers' state in files rather than
+	// in memory (see broker.PoolConsumerConfig for the trade).
+	PoolStateOnDisk bool
+	FactoryTTL      time.Duration // a factory unseen this long is gone; default LeaseTTL
 	// ReRouteAfter is how long a dispatched job waits in a pool with no
 	// live factory before it is routed again; default 2×FactoryTTL.
 	ReRouteAfter time.Duration

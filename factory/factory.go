@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
@@ -105,6 +106,9 @@ type Factory struct {
 	renew    time.Duration
 	leaseTTL time.Duration
 	ready    chan struct{}
+
+	regMu   sync.Mutex // serialises re-registration
+	lastReg time.Time
 }
 
 // New builds a factory on b. It does no I/O until Run.
@@ -246,26 +250,55 @@ func (f *Factory) pull(ctx, hard context.Context, cons jetstream.Consumer) {
 	for ctx.Err() == nil && hard.Err() == nil {
 		fctx, cancel := context.WithTimeout(ctx, f.cfg.FetchWait)
 		batch, err := cons.Fetch(1, jetstream.FetchContext(fctx))
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil || f.b.NC.IsClosed() {
-				return
+		if err == nil {
+			for msg := range batch.Messages() {
+				f.setBusy(+1)
+				f.handle(hard, msg)
+				f.setBusy(-1)
 			}
-			f.log.Debug("fetch", zap.Error(err))
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(250 * time.Millisecond):
-			}
-			continue
-		}
-		for msg := range batch.Messages() {
-			f.setBusy(+1)
-			f.handle(hard, msg)
-			f.setBusy(-1)
+			err = batch.Error()
 		}
 		cancel()
+		if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || ctx.Err() != nil {
+			continue
+		}
+		if f.b.NC.IsClosed() {
+			return
+		}
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) ||
+			errors.Is(err, nats.ErrNoResponders) {
+			f.reregister(ctx, err)
+		} else {
+			f.log.Debug("fetch", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(250 * time.Millisecond):
+		}
 	}
+}
+
+// reregister registers again when the pool's consumer is gone (a broker
+// restart loses a consumer whose state is in memory; an operator may delete
+// one): registering creates it. The slots share one attempt a second.
+func (f *Factory) reregister(ctx context.Context, cause error) {
+	f.regMu.Lock()
+	defer f.regMu.Unlock()
+	if time.Since(f.lastReg) < time.Second {
+		return
+	}
+	f.lastReg = time.Now()
+	var r job.RegisterReply
+	err := f.b.Call(ctx, subjects.VerbRegister, f.info(), &r)
+	if err == nil {
+		err = r.Err.AsError()
+	}
+	if err != nil {
+		f.log.Warn("pool consumer gone; registering again failed, will retry", zap.NamedError("cause", cause), zap.Error(err))
+		return
+	}
+	f.log.Info("pool consumer gone; registered again", zap.NamedError("cause", cause))
 }
 
 func (f *Factory) setBusy(d int) {

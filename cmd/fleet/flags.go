@@ -84,6 +84,8 @@ func coordinatorFlags() []cli.Flag {
 			Usage: "seconds between a factory's lease renewals; keep well under --lease-ttl"},
 		&cli.DurationFlag{Name: "retry-base", Value: job.DefaultBackoff.Base, EnvVars: env("RETRY_BASE"), Usage: "first retry backoff; doubles per attempt"},
 		&cli.DurationFlag{Name: "retry-max", Value: job.DefaultBackoff.Max, EnvVars: env("RETRY_MAX"), Usage: "longest retry backoff"},
+		&cli.StringFlag{Name: "pool-state", Value: "memory", EnvVars: env("POOL_STATE"),
+			Usage: "where new pool consumers keep their delivery state: memory (far cheaper with many pools; rebuilt after a broker restart) or file"},
 		&cli.IntFlag{Name: "replicas", Value: 1, EnvVars: env("REPLICAS"), Usage: "stream and bucket replicas (3 on a 3-node cluster)"},
 	}
 }
@@ -94,6 +96,13 @@ func coordinatorConfig(c *cli.Context) (coordinator.Config, error) {
 		RenewEvery: time.Duration(c.Int("lease-renew-sec")) * time.Second,
 		Backoff:    job.Backoff{Base: c.Duration("retry-base"), Max: c.Duration("retry-max")},
 		HTTPAddr:   c.String("http"),
+	}
+	switch c.String("pool-state") {
+	case "memory":
+	case "file":
+		cfg.PoolStateOnDisk = true
+	default:
+		return cfg, fmt.Errorf("--pool-state must be memory or file, not %q", c.String("pool-state"))
 	}
 	if cfg.Prefetch == 0 {
 		cfg.Prefetch = -1 // explicit 0 on the command line means none
