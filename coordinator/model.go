@@ -15,6 +15,7 @@ import (
 type model struct {
 	jobs     map[string]*entry
 	classes  map[string]*class // queued jobs grouped by what they require
+	waiting  map[*class]bool   // the classes with queued jobs: what a gate round looks at
 	pools    map[string]*pool
 	facs     map[string]job.FactoryInfo
 	retries  retryHeap
@@ -106,7 +107,7 @@ type pool struct {
 }
 
 func newModel(prefetch int, gateOff bool) *model {
-	return &model{jobs: map[string]*entry{}, classes: map[string]*class{}, pools: map[string]*pool{},
+	return &model{jobs: map[string]*entry{}, classes: map[string]*class{}, waiting: map[*class]bool{}, pools: map[string]*pool{},
 		facs: map[string]job.FactoryInfo{}, prefetch: prefetch, gateOff: gateOff, counts: map[job.State]int{}}
 }
 
@@ -157,6 +158,7 @@ func (m *model) leave(e *entry) {
 	m.counts[e.state]--
 	if e.qidx >= 0 {
 		heap.Remove(&e.class.q, e.qidx)
+		m.noteLen(e.class)
 		if !e.unroutable {
 			e.class.unmarked--
 		}
@@ -184,6 +186,7 @@ func (m *model) enter(e *entry) {
 	case job.Queued:
 		if !e.pending {
 			heap.Push(&e.class.q, e)
+			m.waiting[e.class] = true
 			if !e.unroutable {
 				e.class.unmarked++
 			}
@@ -197,6 +200,13 @@ func (m *model) enter(e *entry) {
 		if e.state == job.Running {
 			p.running++
 		}
+	}
+}
+
+// noteLen drops cl from the waiting classes once its queue is empty.
+func (m *model) noteLen(cl *class) {
+	if cl.q.Len() == 0 {
+		delete(m.waiting, cl)
 	}
 }
 
@@ -328,13 +338,11 @@ type order struct {
 
 // admit releases up to budget queued jobs into pools with room, best job
 // first; it also returns up to markBudget jobs no live pool can serve that
-// are not yet marked unroutable. Cost: O(classes + dispatched·log classes).
+// are not yet marked unroutable. Cost: O(classes with queued jobs +
+// dispatched·log classes): classes whose queues are empty are not looked at.
 func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*entry) {
 	var heads classHeap
-	for _, cl := range m.classes {
-		if cl.q.Len() == 0 {
-			continue
-		}
+	for cl := range m.waiting {
 		if len(m.candidates(cl)) == 0 {
 			unroutable = cl.toMark(unroutable, markBudget)
 			continue
@@ -353,6 +361,7 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 			continue
 		}
 		e := heap.Pop(&cl.q).(*entry)
+		m.noteLen(cl)
 		e.pending, e.pool = true, best.Name
 		m.pools[best.Name].inflight++
 		orders = append(orders, order{e: e, pool: best.Name})

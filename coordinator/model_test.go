@@ -159,3 +159,52 @@ func TestCandidatesFollowPools(t *testing.T) {
 		}
 	}
 }
+
+// A gate round looks only at the classes with queued jobs (with 1,000
+// pools it looked at 1,000 classes, nearly all empty, per round): after
+// every step of a random run, the waiting classes are exactly those whose
+// queues are not empty.
+func TestWaitingClassesAreThoseWithQueuedJobs(t *testing.T) {
+	t.Parallel()
+	m := newModel(1, false)
+	reqs := [][]string{nil, {"os=linux"}, {"gpu=true"}, {"os=mac"}, {"tpu=true"}}
+	for i, caps := range [][]string{{"os=linux", "gpu=true"}, {"os=mac"}} {
+		id := fmt.Sprintf("f%d", i)
+		m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", i), Caps: caps, Slots: 2, LastSeen: time.Now()})
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	t0 := time.Unix(1700000000, 0)
+	revs := map[string]uint64{}
+	next := func(id string) uint64 { revs[id] += 1000; return revs[id] }
+	var sent []order
+	for step := range 3000 {
+		switch k := rng.IntN(10); {
+		case k < 4: // a new job
+			id := fmt.Sprintf("j%d", step)
+			m.apply(queuedEvent(id, next(id), false, reqs[rng.IntN(len(reqs))]...))
+		case k < 6: // a gate round
+			orders, _ := m.admit(maxOutstanding, markBudget)
+			sent = append(sent, orders...)
+		case len(sent) > 0: // a dispatched job runs and ends, or comes back
+			i := rng.IntN(len(sent))
+			o := sent[i]
+			sent = slices.Delete(sent, i, i+1)
+			to := []job.State{job.Succeeded, job.Queued}[rng.IntN(2)]
+			ev := job.Event{JobID: o.e.id, To: to, Rev: next(o.e.id), Created: t0, At: t0, Requires: o.e.class.req}
+			if to != job.Queued {
+				ev.Pool = o.pool
+			}
+			m.apply(ev)
+		}
+		for _, cl := range m.classes {
+			if got, want := m.waiting[cl], cl.q.Len() > 0; got != want {
+				t.Fatalf("step %d, class %q with %d queued: waiting %v", step, cl.key, cl.q.Len(), got)
+			}
+		}
+		for cl := range m.waiting {
+			if m.classes[cl.key] != cl {
+				t.Fatalf("step %d: waiting class %q is not a class", step, cl.key)
+			}
+		}
+	}
+}

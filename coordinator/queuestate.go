@@ -39,11 +39,8 @@ func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueSt
 		total.FreeSlots += qs.FreeSlots
 	}
 	var oldest int64
-	for _, cl := range m.classes {
+	for cl := range m.waiting {
 		n := cl.q.Len()
-		if n == 0 {
-			continue
-		}
 		total.Queued += n
 		var clOldest int64
 		for _, e := range cl.q {
