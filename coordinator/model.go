@@ -15,7 +15,8 @@ import (
 type model struct {
 	jobs     map[string]*entry
 	classes  map[string]*class // queued jobs grouped by what they require
-	waiting  map[*class]bool   // the classes with queued jobs: what a gate round looks at
+	waiting  map[*class]bool   // the classes with queued jobs
+	ready    map[*class]bool   // of those, the ones a gate round has work for (see touch)
 	pools    map[string]*pool
 	facs     map[string]job.FactoryInfo
 	retries  retryHeap
@@ -87,8 +88,7 @@ type class struct {
 	key      string
 	req      job.Labels
 	q        backlog
-	cands    []string       // live pools covering req, kept current by poolChanged
-	candAt   map[string]int // index of each in cands
+	cands    candHeap // live pools covering req, best first; kept current by poolChanged and roomChanged
 	hidx     int
 	unmarked int // jobs in q not yet flagged unroutable
 	scan     int // where the next search for them starts in q
@@ -104,10 +104,38 @@ type pool struct {
 	// deadSince is when the pool lost its last live factory (zero while it
 	// has one, or before it ever had one).
 	deadSince time.Time
+	classes   map[*class]bool // the classes it is a candidate of
+}
+
+// candHeap is a class's candidate pools, the one a job should go to now
+// (scheduler.Better: most room, then name) on top.
+type candHeap struct {
+	m  *model
+	ps []*pool
+	at map[*pool]int
+}
+
+func (h candHeap) Len() int           { return len(h.ps) }
+func (h candHeap) Less(i, j int) bool { return scheduler.Better(h.m.view(h.ps[i]), h.m.view(h.ps[j])) }
+func (h candHeap) Swap(i, j int) {
+	h.ps[i], h.ps[j] = h.ps[j], h.ps[i]
+	h.at[h.ps[i]], h.at[h.ps[j]] = i, j
+}
+func (h *candHeap) Push(x any) {
+	p := x.(*pool)
+	h.at[p] = len(h.ps)
+	h.ps = append(h.ps, p)
+}
+func (h *candHeap) Pop() any {
+	last := len(h.ps) - 1
+	p := h.ps[last]
+	h.ps = h.ps[:last]
+	delete(h.at, p)
+	return p
 }
 
 func newModel(prefetch int, gateOff bool) *model {
-	return &model{jobs: map[string]*entry{}, classes: map[string]*class{}, waiting: map[*class]bool{}, pools: map[string]*pool{},
+	return &model{jobs: map[string]*entry{}, classes: map[string]*class{}, waiting: map[*class]bool{}, ready: map[*class]bool{}, pools: map[string]*pool{},
 		facs: map[string]job.FactoryInfo{}, prefetch: prefetch, gateOff: gateOff, counts: map[job.State]int{}}
 }
 
@@ -158,10 +186,10 @@ func (m *model) leave(e *entry) {
 	m.counts[e.state]--
 	if e.qidx >= 0 {
 		heap.Remove(&e.class.q, e.qidx)
-		m.noteLen(e.class)
 		if !e.unroutable {
 			e.class.unmarked--
 		}
+		m.touch(e.class)
 	}
 	if e.ridx >= 0 {
 		heap.Remove(&m.retries, e.ridx)
@@ -172,6 +200,7 @@ func (m *model) leave(e *entry) {
 			if e.state == job.Running {
 				p.running--
 			}
+			m.roomChanged(p)
 		}
 	}
 }
@@ -186,10 +215,10 @@ func (m *model) enter(e *entry) {
 	case job.Queued:
 		if !e.pending {
 			heap.Push(&e.class.q, e)
-			m.waiting[e.class] = true
 			if !e.unroutable {
 				e.class.unmarked++
 			}
+			m.touch(e.class)
 		}
 	case job.Failed:
 		heap.Push(&m.retries, e)
@@ -200,13 +229,35 @@ func (m *model) enter(e *entry) {
 		if e.state == job.Running {
 			p.running++
 		}
+		m.roomChanged(p)
 	}
 }
 
-// noteLen drops cl from the waiting classes once its queue is empty.
-func (m *model) noteLen(cl *class) {
+// touch files cl, after a change to its queue, its candidates or their
+// room, among the waiting classes (those with queued jobs) and the ready
+// ones: waiting, and either a candidate pool has room (the top of its
+// heap) or no pool serves it and some of its jobs are not yet flagged
+// unroutable. A gate round looks at the ready classes only.
+func (m *model) touch(cl *class) {
 	if cl.q.Len() == 0 {
 		delete(m.waiting, cl)
+		delete(m.ready, cl)
+		return
+	}
+	m.waiting[cl] = true
+	if cl.cands.Len() == 0 && cl.unmarked > 0 || cl.cands.Len() > 0 && m.view(cl.cands.ps[0]).Room() > 0 {
+		m.ready[cl] = true
+	} else {
+		delete(m.ready, cl)
+	}
+}
+
+// roomChanged restores p's place in the candidate heap of every class it
+// serves after its room changed: O(classes of p · log pools).
+func (m *model) roomChanged(p *pool) {
+	for cl := range p.classes {
+		heap.Fix(&cl.cands, cl.cands.at[p])
+		m.touch(cl)
 	}
 }
 
@@ -214,10 +265,10 @@ func (m *model) classFor(req job.Labels) *class {
 	k := req.Key()
 	cl := m.classes[k]
 	if cl == nil {
-		cl = &class{key: k, req: req, hidx: -1, candAt: map[string]int{}}
+		cl = &class{key: k, req: req, hidx: -1, cands: candHeap{m: m, at: map[*pool]int{}}}
 		for _, p := range m.pools {
 			if m.view(p).Serves(req) {
-				cl.addCand(p.name)
+				m.addCand(cl, p)
 			}
 		}
 		m.classes[k] = cl
@@ -228,7 +279,7 @@ func (m *model) classFor(req job.Labels) *class {
 func (m *model) pool(name string) *pool {
 	p := m.pools[name]
 	if p == nil {
-		p = &pool{name: name, facs: map[string]job.FactoryInfo{}}
+		p = &pool{name: name, facs: map[string]job.FactoryInfo{}, classes: map[*class]bool{}}
 		m.pools[name] = p
 	}
 	return p
@@ -293,30 +344,28 @@ func (m *model) poolChanged(p *pool) {
 	v := m.view(p)
 	for _, cl := range m.classes {
 		if v.Serves(cl.req) {
-			cl.addCand(p.name)
+			m.addCand(cl, p)
 		} else {
-			cl.dropCand(p.name)
+			m.dropCand(cl, p)
 		}
 	}
+	m.roomChanged(p) // its slots may have changed too
 }
 
-func (cl *class) addCand(pool string) {
-	if _, ok := cl.candAt[pool]; !ok {
-		cl.candAt[pool] = len(cl.cands)
-		cl.cands = append(cl.cands, pool)
+func (m *model) addCand(cl *class, p *pool) {
+	if _, ok := cl.cands.at[p]; !ok {
+		heap.Push(&cl.cands, p)
+		p.classes[cl] = true
+		m.touch(cl)
 	}
 }
 
-func (cl *class) dropCand(pool string) {
-	i, ok := cl.candAt[pool]
-	if !ok {
-		return
+func (m *model) dropCand(cl *class, p *pool) {
+	if i, ok := cl.cands.at[p]; ok {
+		heap.Remove(&cl.cands, i)
+		delete(p.classes, cl)
+		m.touch(cl)
 	}
-	last := len(cl.cands) - 1
-	cl.cands[i] = cl.cands[last]
-	cl.candAt[cl.cands[i]] = i
-	cl.cands = cl.cands[:last]
-	delete(cl.candAt, pool)
 }
 
 func (m *model) view(p *pool) scheduler.Pool {
@@ -328,7 +377,13 @@ func (m *model) view(p *pool) scheduler.Pool {
 }
 
 // candidates are the live pools that can run cl's jobs.
-func (m *model) candidates(cl *class) []string { return cl.cands }
+func (m *model) candidates(cl *class) []string {
+	names := make([]string, len(cl.cands.ps))
+	for i, p := range cl.cands.ps {
+		names[i] = p.name
+	}
+	return names
+}
 
 // order is one decision of the gate.
 type order struct {
@@ -338,12 +393,13 @@ type order struct {
 
 // admit releases up to budget queued jobs into pools with room, best job
 // first; it also returns up to markBudget jobs no live pool can serve that
-// are not yet marked unroutable. Cost: O(classes with queued jobs +
-// dispatched·log classes): classes whose queues are empty are not looked at.
+// are not yet marked unroutable. It looks only at the ready classes (see
+// touch); each release costs O(log classes + classes of its pool · log
+// pools), whatever the number of jobs, pools and factories.
 func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*entry) {
 	var heads classHeap
-	for cl := range m.waiting {
-		if len(m.candidates(cl)) == 0 {
+	for cl := range m.ready {
+		if cl.cands.Len() == 0 {
 			unroutable = cl.toMark(unroutable, markBudget)
 			continue
 		}
@@ -352,19 +408,19 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 	heap.Init(&heads)
 	for heads.Len() > 0 && len(orders) < budget {
 		cl := heap.Pop(&heads).(*class)
-		views := make([]scheduler.Pool, 0, len(cl.cands))
-		for _, name := range cl.cands {
-			views = append(views, m.view(m.pools[name]))
-		}
-		best, ok := scheduler.Pick(views)
-		if !ok {
+		best := cl.cands.ps[0] // the best candidate: if it has no room, none has
+		if m.view(best).Room() <= 0 {
 			continue
 		}
 		e := heap.Pop(&cl.q).(*entry)
-		m.noteLen(cl)
-		e.pending, e.pool = true, best.Name
-		m.pools[best.Name].inflight++
-		orders = append(orders, order{e: e, pool: best.Name})
+		if !e.unroutable {
+			cl.unmarked-- // leave will not: e is no longer in q
+		}
+		e.pending, e.pool = true, best.name
+		best.inflight++
+		m.roomChanged(best)
+		m.touch(cl)
+		orders = append(orders, order{e: e, pool: best.name})
 		if cl.q.Len() > 0 {
 			heap.Push(&heads, cl)
 		}

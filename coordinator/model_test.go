@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/agentqueue/fleet/job"
+	"github.com/agentqueue/fleet/scheduler"
 )
 
 func queuedEvent(id string, rev uint64, unroutable bool, requires ...string) job.Event {
@@ -160,45 +161,106 @@ func TestCandidatesFollowPools(t *testing.T) {
 	}
 }
 
-// A gate round looks only at the classes with queued jobs (with 1,000
-// pools it looked at 1,000 classes, nearly all empty, per round): after
-// every step of a random run, the waiting classes are exactly those whose
-// queues are not empty.
-func TestWaitingClassesAreThoseWithQueuedJobs(t *testing.T) {
+// The gate's indexes stay equal to what they summarise through a random
+// run of factories coming, changing and going, jobs arriving (some no pool
+// serves, some flagged unroutable), gate rounds, and dispatched jobs ending
+// or coming back: the waiting classes are those with queued jobs; each
+// class's count of unflagged jobs is right; its candidate heap holds
+// exactly the live pools serving it, with scheduler.Pick's choice on top;
+// each pool knows its classes; and the ready classes are exactly the
+// waiting ones a round has work for. (With 1,000 pools a round looked at
+// every class, and each release at every candidate pool.)
+func TestGateIndexes(t *testing.T) {
 	t.Parallel()
 	m := newModel(1, false)
+	caps := [][]string{{"os=linux"}, {"os=linux", "gpu=true"}, {"os=mac"}, {"gpu=true"}, nil}
 	reqs := [][]string{nil, {"os=linux"}, {"gpu=true"}, {"os=mac"}, {"tpu=true"}}
-	for i, caps := range [][]string{{"os=linux", "gpu=true"}, {"os=mac"}} {
-		id := fmt.Sprintf("f%d", i)
-		m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", i), Caps: caps, Slots: 2, LastSeen: time.Now()})
-	}
 	rng := rand.New(rand.NewPCG(3, 4))
 	t0 := time.Unix(1700000000, 0)
 	revs := map[string]uint64{}
 	next := func(id string) uint64 { revs[id] += 1000; return revs[id] }
 	var sent []order
-	for step := range 3000 {
-		switch k := rng.IntN(10); {
-		case k < 4: // a new job
+	dispatched := 0
+	for step := range 5000 {
+		switch k := rng.IntN(20); {
+		case k < 3: // a factory comes, changes or goes
+			id := fmt.Sprintf("f%d", rng.IntN(8))
+			if rng.IntN(4) == 0 {
+				m.putFactory(id, nil)
+			} else {
+				m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", rng.IntN(5)),
+					Caps: caps[rng.IntN(len(caps))], Slots: rng.IntN(3), LastSeen: time.Now()})
+			}
+		case k < 10: // a new job
 			id := fmt.Sprintf("j%d", step)
 			m.apply(queuedEvent(id, next(id), false, reqs[rng.IntN(len(reqs))]...))
-		case k < 6: // a gate round
-			orders, _ := m.admit(maxOutstanding, markBudget)
+		case k < 14: // a gate round, and the unroutable flags' writes come back
+			orders, marks := m.admit(1+rng.IntN(8), markBudget)
 			sent = append(sent, orders...)
-		case len(sent) > 0: // a dispatched job runs and ends, or comes back
+			dispatched += len(orders)
+			for _, e := range marks {
+				m.apply(queuedEvent(e.id, next(e.id), true, e.class.req...))
+			}
+		case len(sent) > 0: // a dispatched job ends, or comes back
 			i := rng.IntN(len(sent))
 			o := sent[i]
 			sent = slices.Delete(sent, i, i+1)
-			to := []job.State{job.Succeeded, job.Queued}[rng.IntN(2)]
+			to := []job.State{job.Succeeded, job.Queued, job.Running}[rng.IntN(3)]
 			ev := job.Event{JobID: o.e.id, To: to, Rev: next(o.e.id), Created: t0, At: t0, Requires: o.e.class.req}
 			if to != job.Queued {
 				ev.Pool = o.pool
 			}
 			m.apply(ev)
+			if to == job.Running {
+				sent = append(sent, o) // it will end later
+			}
 		}
 		for _, cl := range m.classes {
 			if got, want := m.waiting[cl], cl.q.Len() > 0; got != want {
 				t.Fatalf("step %d, class %q with %d queued: waiting %v", step, cl.key, cl.q.Len(), got)
+			}
+			unflagged := 0
+			for _, e := range cl.q {
+				if !e.unroutable {
+					unflagged++
+				}
+			}
+			if cl.unmarked != unflagged {
+				t.Fatalf("step %d, class %q: unmarked %d, want %d", step, cl.key, cl.unmarked, unflagged)
+			}
+			var want, views []scheduler.Pool
+			for _, p := range m.pools {
+				if v := m.view(p); v.Serves(cl.req) {
+					want = append(want, v)
+				}
+				if _, in := cl.cands.at[p]; p.classes[cl] != in {
+					t.Fatalf("step %d: pool %s's classes disagree with class %q's candidates", step, p.name, cl.key)
+				}
+			}
+			for i, p := range cl.cands.ps {
+				if cl.cands.at[p] != i {
+					t.Fatalf("step %d, class %q: index of %s is %d, want %d", step, cl.key, p.name, cl.cands.at[p], i)
+				}
+				views = append(views, m.view(p))
+			}
+			names := func(ps []scheduler.Pool) []string {
+				var out []string
+				for _, p := range ps {
+					out = append(out, p.Name)
+				}
+				slices.Sort(out)
+				return out
+			}
+			if !slices.Equal(names(views), names(want)) {
+				t.Fatalf("step %d, class %q: candidates %v, want %v", step, cl.key, names(views), names(want))
+			}
+			best, ok := scheduler.Pick(want)
+			if ok && views[0].Name != best.Name || len(views) > 0 && !ok && views[0].Room() > 0 {
+				t.Fatalf("step %d, class %q: top %+v, Pick %+v (%v)", step, cl.key, views[0], best, ok)
+			}
+			ready := cl.q.Len() > 0 && (len(want) == 0 && cl.unmarked > 0 || ok)
+			if m.ready[cl] != ready {
+				t.Fatalf("step %d, class %q: ready %v, want %v", step, cl.key, m.ready[cl], ready)
 			}
 		}
 		for cl := range m.waiting {
@@ -206,5 +268,8 @@ func TestWaitingClassesAreThoseWithQueuedJobs(t *testing.T) {
 				t.Fatalf("step %d: waiting class %q is not a class", step, cl.key)
 			}
 		}
+	}
+	if dispatched < 500 {
+		t.Fatalf("only %d jobs dispatched: the run did not exercise the gate", dispatched)
 	}
 }

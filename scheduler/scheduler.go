@@ -42,15 +42,22 @@ func Candidates(req job.Labels, pools []Pool) []Pool {
 	return out
 }
 
+// Better orders pools for release: more room first, ties by name for
+// determinism. It is the order Pick chooses by, and the order a caller
+// keeping candidates in a heap must keep them in.
+func Better(a, b Pool) bool {
+	if ra, rb := a.Room(), b.Room(); ra != rb {
+		return ra > rb
+	}
+	return a.Name < b.Name
+}
+
 // Pick chooses among candidate pools the one to release a job into now: the
 // one with the most room (spreading load), ties by name for determinism.
 // ok is false when no candidate has room.
 func Pick(candidates []Pool) (best Pool, ok bool) {
 	for _, p := range candidates {
-		if p.Room() <= 0 {
-			continue
-		}
-		if !ok || p.Room() > best.Room() || p.Room() == best.Room() && p.Name < best.Name {
+		if p.Room() > 0 && (!ok || Better(p, best)) {
 			best, ok = p, true
 		}
 	}
