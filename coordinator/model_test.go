@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -271,5 +272,37 @@ func TestGateIndexes(t *testing.T) {
 	}
 	if dispatched < 500 {
 		t.Fatalf("only %d jobs dispatched: the run did not exercise the gate", dispatched)
+	}
+}
+
+// BenchmarkReleaseManyPools is one job's way through the gate — queued,
+// released, finished — with pools pools every job can run on (one slot
+// each, all free): the cost a release pays for the number of
+// pools.
+//
+//	go test -run '^$' -bench ReleaseManyPools -benchmem ./coordinator
+func BenchmarkReleaseManyPools(b *testing.B) {
+	for _, pools := range []int{10, 1000} {
+		b.Run(fmt.Sprintf("pools=%d", pools), func(b *testing.B) {
+			m := newModel(0, false)
+			for i := range pools {
+				id := fmt.Sprintf("f%d", i)
+				m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", i), Slots: 1, LastSeen: time.Now()})
+			}
+			t0 := time.Unix(1700000000, 0)
+			var rev uint64
+			b.ResetTimer()
+			for i := range b.N {
+				id := "j" + strconv.Itoa(i)
+				rev++
+				m.apply(queuedEvent(id, rev, false))
+				orders, _ := m.admit(maxOutstanding, markBudget)
+				if len(orders) != 1 {
+					b.Fatalf("released %d", len(orders))
+				}
+				rev++
+				m.apply(job.Event{JobID: id, To: job.Succeeded, Rev: rev, Pool: orders[0].pool, Created: t0, At: t0})
+			}
+		})
 	}
 }
