@@ -105,8 +105,8 @@ func TestRunSmall(t *testing.T) {
 	if sc.RawErr != "" || len(sc.Raw) != 2 || sc.Raw[1].Pools != 20 || sc.Raw[1].Conns != 20 || sc.Raw[0].Steady.Done != 100 || sc.Raw[1].BurstPerSec <= 0 {
 		t.Errorf("raw pools %q %+v", sc.RawErr, sc.Raw)
 	}
-	if len(sc.Dispatch) != 4 {
-		t.Fatalf("%d dispatch cases, want 4", len(sc.Dispatch))
+	if len(sc.Dispatch) != 5 {
+		t.Fatalf("%d dispatch cases, want 5", len(sc.Dispatch))
 	}
 	for _, d := range sc.Dispatch {
 		if d.Stalled != "" {
@@ -117,7 +117,7 @@ func TestRunSmall(t *testing.T) {
 			t.Errorf("dispatch %+v", d)
 		}
 	}
-	if sc.Dispatch[1].Factories != 20 || sc.Dispatch[3].Backlog != 1000 {
+	if sc.Dispatch[1].Factories != 20 || !strings.Contains(sc.Dispatch[2].Name, "any job") || sc.Dispatch[4].Backlog != 1000 {
 		t.Errorf("dispatch cases %+v", sc.Dispatch)
 	}
 	if len(rep.Targets) != 5 {

@@ -136,20 +136,22 @@ func heapInuse() uint64 {
 
 // Scale measures the coordinator at scale, on lazily synced fresh servers:
 //
+//  0. raw JetStream in the shapes of cases 1 and 2 (RawPools);
 //  1. dispatch reference: one pool of Factories×Slots, no backlog;
 //  2. dispatch to Pools pools: Pools factories of one slot, each with a
-//     unique capability (so a pool each) on its own NATS connection, jobs
-//     spread round-robin, no backlog;
-//  3. memory: Jobs jobs requiring a capability no factory has are ingested
+//     unique capability (so a pool each) on its own NATS connection, each
+//     job requiring one pool's capability, round-robin, no backlog;
+//  3. the same pools, jobs requiring nothing: every pool can run every job;
+//  4. memory: Jobs jobs requiring a capability no factory has are ingested
 //     and stay queued (unroutable); the coordinator's heap per queued job
 //     (see MemoryResult); then a new coordinator takes over and rebuilds
 //     its model from fleet_jobs;
-//  4. and 5. cases 1 and 2 again with those Jobs jobs still held.
+//  5. and 6. cases 1 and 2 again with those Jobs jobs still held.
 //
 // Each dispatch case offers Rate jobs/s for For (submit -> run start, as in
 // FleetSteady), then submits BurstJobs at once (throughput, first
 // submission to last completion). If no cost per dispatch grows with jobs,
-// pools or factories, the five cases agree.
+// pools or factories, the dispatch cases agree.
 func Scale(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -186,8 +188,8 @@ func Scale(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
 			return err
 		}
 		defer r.close()
-		for _, wide := range []bool{false, true} {
-			d, err := r.labelledCase(ctx, cfg, wide, 0)
+		for _, sh := range []shape{onePool, ownPools, anyPool} {
+			d, err := r.labelledCase(ctx, cfg, sh, 0)
 			res.Dispatch = append(res.Dispatch, d)
 			if err != nil {
 				return err
@@ -210,8 +212,8 @@ func Scale(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
 			return err
 		}
 		defer r.close()
-		for _, wide := range []bool{false, true} {
-			d, err := r.labelledCase(ctx, cfg, wide, cfg.Jobs)
+		for _, sh := range []shape{onePool, ownPools} {
+			d, err := r.labelledCase(ctx, cfg, sh, cfg.Jobs)
 			res.Dispatch = append(res.Dispatch, d)
 			if err != nil {
 				return err
@@ -222,35 +224,50 @@ func Scale(ctx context.Context, cfg ScaleConfig) (ScaleResult, error) {
 	return res, err
 }
 
+// shape is a dispatch case's pools and jobs.
+type shape int
+
+const (
+	onePool  shape = iota // one pool of Factories×Slots
+	ownPools              // Pools pools of one factory and slot; each job requires one pool's capability
+	anyPool               // the same pools; jobs require nothing, so every pool can run every job
+)
+
 // labelledCase runs dispatchCase under the pprof label
-// phase=scale/dispatch-p<pools>-b<backlog> (the coordinator keeps the
-// label of the phase it was started in).
-func (r *rig) labelledCase(ctx context.Context, cfg ScaleConfig, wide bool, backlog int) (d DispatchResult, err error) {
-	pools := 1
-	if wide {
-		pools = cfg.Pools
+// phase=scale/dispatch-p<pools>-b<backlog>[-any] (the coordinator keeps
+// the label of the phase it was started in).
+func (r *rig) labelledCase(ctx context.Context, cfg ScaleConfig, sh shape, backlog int) (d DispatchResult, err error) {
+	label := fmt.Sprintf("scale/dispatch-p%d-b%d", cfg.Pools, backlog)
+	switch sh {
+	case onePool:
+		label = fmt.Sprintf("scale/dispatch-p1-b%d", backlog)
+	case anyPool:
+		label += "-any"
 	}
-	labelled(ctx, "phase", fmt.Sprintf("scale/dispatch-p%d-b%d", pools, backlog), func(ctx context.Context) {
-		d, err = r.dispatchCase(ctx, cfg, wide, backlog)
+	labelled(ctx, "phase", label, func(ctx context.Context) {
+		d, err = r.dispatchCase(ctx, cfg, sh, backlog)
 	})
 	return d, err
 }
 
-// dispatchCase measures dispatch with one pool (wide=false) or cfg.Pools
-// pools, then stops its factories.
-func (r *rig) dispatchCase(ctx context.Context, cfg ScaleConfig, wide bool, backlog int) (DispatchResult, error) {
+// dispatchCase measures dispatch in one shape, then stops its factories.
+func (r *rig) dispatchCase(ctx context.Context, cfg ScaleConfig, sh shape, backlog int) (DispatchResult, error) {
 	d := DispatchResult{Name: "1 pool", Pools: 1, Factories: cfg.Factories, SlotsPerFactory: cfg.Slots, Backlog: backlog}
+	wide := sh != onePool
 	if wide {
 		d = DispatchResult{Name: fmt.Sprintf("%d pools", cfg.Pools), Pools: cfg.Pools, Factories: cfg.Pools, SlotsPerFactory: 1, Backlog: backlog}
+	}
+	if sh == anyPool {
+		d.Name += ", any job anywhere"
 	}
 	if backlog > 0 {
 		d.Name += fmt.Sprintf(", %d held", backlog)
 	}
 	cfg.Progress("scale: dispatch, %s: starting %d factories", d.Name, d.Factories)
-	tag := fmt.Sprintf("p%d-b%d", d.Pools, backlog)
+	tag := fmt.Sprintf("p%d-b%d-s%d", d.Pools, backlog, sh)
 	capOf := func(i int) string { return fmt.Sprintf("benchpool=p%d", i%d.Pools) }
 	requires := func(i int) []string {
-		if !wide {
+		if sh != ownPools {
 			return nil
 		}
 		return []string{capOf(i)}
