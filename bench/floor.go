@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -193,11 +194,11 @@ func (f *floorRun) writes(ctx context.Context) (uint64, error) {
 }
 
 // emit publishes a transition's event, if the variant keeps an audit copy.
-func (f *floorRun) emit(i uint64) error {
+func (f *floorRun) emit(ctx context.Context, i uint64) error {
 	if f.kind != FloorDesign {
 		return nil
 	}
-	if _, err := f.coordJS.PublishAsync(f.evPrefix+f.key(i), f.event); err != nil {
+	if err := publishAsync(ctx, f.coordJS, f.evPrefix+f.key(i), f.event); err != nil {
 		return fmt.Errorf("bench: event: %w", err)
 	}
 	return nil
@@ -210,7 +211,7 @@ func (f *floorRun) create(ctx context.Context, i uint64) error {
 		return fmt.Errorf("bench: record create: %w", err)
 	}
 	f.revs[i].Store(rev)
-	return f.emit(i)
+	return f.emit(ctx, i)
 }
 
 // transition is one record CAS by the coordinator, with its event.
@@ -220,7 +221,7 @@ func (f *floorRun) transition(ctx context.Context, i uint64) (uint64, error) {
 		return 0, fmt.Errorf("bench: record CAS: %w", err)
 	}
 	f.revs[i].Store(rev)
-	return rev, f.emit(i)
+	return rev, f.emit(ctx, i)
 }
 
 // serveControl answers claim and complete requests as the coordinator does:
@@ -253,10 +254,15 @@ func (f *floorRun) dispatch(ctx context.Context, i uint64, sent time.Duration) e
 	binary.BigEndian.PutUint64(msg[0:8], i)
 	binary.BigEndian.PutUint64(msg[8:16], rev)
 	binary.BigEndian.PutUint64(msg[16:24], uint64(sent))
-	if _, err := f.coordJS.PublishAsync(f.poolSubj, msg, jetstream.WithMsgID(f.key(i)+":1")); err != nil {
-		return fmt.Errorf("bench: pool publish: %w", err)
+	for {
+		_, err := f.coordJS.PublishAsync(f.poolSubj, msg, jetstream.WithMsgID(f.key(i)+":1"))
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, jetstream.ErrTooManyStalledMsgs) || ctx.Err() != nil:
+			return fmt.Errorf("bench: pool publish: %w", err)
+		}
 	}
-	return nil
 }
 
 // work is a worker's share for one pool message: claim, run (a no-op:
