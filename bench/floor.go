@@ -84,8 +84,7 @@ type floorRun struct {
 	evStream          string
 	revs              []atomic.Uint64 // per job: the record revision last written
 	record, event     []byte
-	asyncErrs         atomic.Int64
-	asyncErr          firstErr
+	failures          asyncFailures
 }
 
 // Pool messages carry the job's index, the record revision the dispatch
@@ -114,7 +113,7 @@ func setupFloor(ctx context.Context, url string, kind FloorKind, jobs int) (_ *f
 	if f.workNC, err = connect(url, f.stream+"-work"); err != nil {
 		return nil, err
 	}
-	if f.coordJS, err = newPublisherJS(f.coordNC, &f.asyncErrs, &f.asyncErr); err != nil {
+	if f.coordJS, err = newPublisherJS(f.coordNC, &f.failures); err != nil {
 		return nil, err
 	}
 	// The fleet's settings, minus what only the fleet needs: one revision
@@ -388,10 +387,7 @@ func (s *floorSession) published(ctx context.Context) error {
 	if err := waitPublished(ctx, s.coordJS); err != nil {
 		return fmt.Errorf("bench: waiting for publish acks: %w", err)
 	}
-	if n := s.asyncErrs.Load(); n > 0 {
-		return fmt.Errorf("bench: %d async publishes failed, first: %w", n, s.asyncErr.err)
-	}
-	return nil
+	return s.failures.err()
 }
 
 // FloorDrain measures the design floor's drain: the JetStream operations a
@@ -525,19 +521,12 @@ func FloorSteady(ctx context.Context, cfg RawConfig, kind FloorKind) (SteadyResu
 	})
 
 	// The submitter, on its own connection.
-	nc, err := connect(cfg.URL, s.stream+"-submit")
+	var subFailures asyncFailures
+	nc, js, err := dialPublisher(cfg.URL, s.stream+"-submit", &subFailures)
 	if err != nil {
 		return SteadyResult{}, err
 	}
 	defer nc.Close()
-	var (
-		subErrs  atomic.Int64
-		subFirst firstErr
-	)
-	js, err := newPublisherJS(nc, &subErrs, &subFirst)
-	if err != nil {
-		return SteadyResult{}, err
-	}
 	payload := make([]byte, max(cfg.PayloadBytes, steadyHeader))
 	sent, window, err := paced(s.ctx, cfg.Rate, total, func(i int) error {
 		buf := append([]byte(nil), payload...)
@@ -548,8 +537,8 @@ func FloorSteady(ctx context.Context, cfg RawConfig, kind FloorKind) (SteadyResu
 	if err == nil {
 		err = waitPublished(s.ctx, js)
 	}
-	if err == nil && subErrs.Load() > 0 {
-		err = fmt.Errorf("bench: %d submissions failed, first: %w", subErrs.Load(), subFirst.err)
+	if err == nil {
+		err = subFailures.err()
 	}
 	if err == nil {
 		err = awaitDone(s.ctx, &done, sent)

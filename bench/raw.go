@@ -113,6 +113,21 @@ func (f *firstErr) set(err error) {
 	}
 }
 
+// asyncFailures counts an async publisher's failed publishes and keeps the
+// first failure.
+type asyncFailures struct {
+	n     atomic.Int64
+	first firstErr
+}
+
+// err reports the failures, if any.
+func (a *asyncFailures) err() error {
+	if n := a.n.Load(); n > 0 {
+		return fmt.Errorf("bench: %d async publishes failed, first: %w", n, a.first.err)
+	}
+	return nil
+}
+
 // rawRun is one raw-baseline topology: a publisher connection, a worker
 // connection, a work-queue stream and one durable pull consumer.
 type rawRun struct {
@@ -121,8 +136,7 @@ type rawRun struct {
 	cons          jetstream.Consumer // bound through the worker connection
 	stream        string
 	subject       string
-	asyncErrs     atomic.Int64
-	asyncErr      firstErr
+	failures      asyncFailures
 }
 
 func connect(url, name string) (*nats.Conn, error) {
@@ -134,15 +148,29 @@ func connect(url, name string) (*nats.Conn, error) {
 }
 
 // newPublisherJS returns a JetStream context with bounded async publishing
-// whose async failures are counted on the given counter.
-func newPublisherJS(nc *nats.Conn, count *atomic.Int64, first *firstErr) (jetstream.JetStream, error) {
+// whose async failures are recorded in f.
+func newPublisherJS(nc *nats.Conn, f *asyncFailures) (jetstream.JetStream, error) {
 	return jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(publishMaxPending),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
-			count.Add(1)
-			first.set(err)
+			f.n.Add(1)
+			f.first.set(err)
 		}),
 	)
+}
+
+// dialPublisher connects and returns an async publisher on the connection.
+func dialPublisher(url, name string, f *asyncFailures) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := connect(url, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := newPublisherJS(nc, f)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 func setupRaw(ctx context.Context, url string) (_ *rawRun, err error) {
@@ -159,7 +187,7 @@ func setupRaw(ctx context.Context, url string) (_ *rawRun, err error) {
 	if r.workNC, err = connect(url, r.stream+"-work"); err != nil {
 		return nil, err
 	}
-	if r.pubJS, err = newPublisherJS(r.pubNC, &r.asyncErrs, &r.asyncErr); err != nil {
+	if r.pubJS, err = newPublisherJS(r.pubNC, &r.failures); err != nil {
 		return nil, err
 	}
 	s, err := r.pubJS.CreateStream(ctx, jetstream.StreamConfig{
@@ -205,14 +233,6 @@ func (r *rawRun) close() {
 	if r.workNC != nil {
 		r.workNC.Close()
 	}
-}
-
-// asyncError reports failed async publishes, if any.
-func (r *rawRun) asyncError() error {
-	if n := r.asyncErrs.Load(); n > 0 {
-		return fmt.Errorf("bench: %d async publishes failed, first: %w", n, r.asyncErr.err)
-	}
-	return nil
 }
 
 // publishAsync publishes data, waiting (without giving up) while the bounded
@@ -273,7 +293,7 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 	if err := waitPublished(ctx, r.pubJS); err != nil {
 		return DrainResult{}, fmt.Errorf("bench: waiting for publish acks: %w", err)
 	}
-	if err := r.asyncError(); err != nil {
+	if err := r.failures.err(); err != nil {
 		return DrainResult{}, err
 	}
 
@@ -457,7 +477,7 @@ func RawSteady(ctx context.Context, cfg RawConfig) (SteadyResult, error) {
 		pubErr = waitPublished(runCtx, r.pubJS)
 	}
 	if pubErr == nil {
-		pubErr = r.asyncError()
+		pubErr = r.failures.err()
 	}
 	if pubErr != nil {
 		cancel()
@@ -518,19 +538,12 @@ func WriteRate(ctx context.Context, url string, msgs int) (float64, error) {
 		return 0, fmt.Errorf("bench: WriteRate needs msgs >= 1, got %d", msgs)
 	}
 	stream, subject := uniqueNames("WR")
-	nc, err := connect(url, stream)
+	var failures asyncFailures
+	nc, js, err := dialPublisher(url, stream, &failures)
 	if err != nil {
 		return 0, err
 	}
 	defer nc.Close()
-	var (
-		failed   atomic.Int64
-		firstErr firstErr
-	)
-	js, err := newPublisherJS(nc, &failed, &firstErr)
-	if err != nil {
-		return 0, err
-	}
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:     stream,
 		Subjects: []string{subject},
@@ -556,8 +569,8 @@ func WriteRate(ctx context.Context, url string, msgs int) (float64, error) {
 		return 0, fmt.Errorf("bench: waiting for publish acks: %w", err)
 	}
 	elapsed := time.Since(start)
-	if n := failed.Load(); n > 0 {
-		return 0, fmt.Errorf("bench: %d async publishes failed, first: %w", n, firstErr.err)
+	if err := failures.err(); err != nil {
+		return 0, err
 	}
 	return float64(msgs) / elapsed.Seconds(), nil
 }

@@ -48,19 +48,12 @@ func RawPools(ctx context.Context, url string, pools, conns, workers int, rate f
 		return res, fmt.Errorf("bench: RawPools(%d pools, %d conns, %d workers, %d steady, %d burst)", pools, conns, workers, total, burst)
 	}
 	stream, base := uniqueNames("POOLS")
-	pubNC, err := connect(url, stream+"-pub")
+	var failures asyncFailures
+	pubNC, js, err := dialPublisher(url, stream+"-pub", &failures)
 	if err != nil {
 		return res, err
 	}
 	defer pubNC.Close()
-	var (
-		asyncErrs atomic.Int64
-		asyncErr  firstErr
-	)
-	js, err := newPublisherJS(pubNC, &asyncErrs, &asyncErr)
-	if err != nil {
-		return res, err
-	}
 	s, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{base + ".>"},
 		Retention: jetstream.WorkQueuePolicy, Storage: jetstream.FileStorage, Replicas: 1})
 	if err != nil {
@@ -170,10 +163,7 @@ func RawPools(ctx context.Context, url string, pools, conns, workers int, rate f
 		if err := waitPublished(runCtx, js); err != nil {
 			return err
 		}
-		if k := asyncErrs.Load(); k > 0 {
-			return fmt.Errorf("bench: %d publishes failed, first: %w", k, asyncErr.err)
-		}
-		return nil
+		return failures.err()
 	}
 	// Let every worker's first pull reach the server.
 	if err := sleep(runCtx, 200*time.Millisecond+time.Duration(conns)*time.Millisecond); err != nil {

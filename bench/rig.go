@@ -516,25 +516,18 @@ func eventStates(b []byte) (from, to string, ok bool) {
 // of the JSON spec on fleet.ingest.<product> with Nats-Msg-Id
 // <product>:<key>.
 type submitter struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	failed atomic.Int64
-	first  firstErr
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	failures asyncFailures
 }
 
 func newSubmitter(ctx context.Context, url string) (*submitter, error) {
 	s := &submitter{}
 	var err error
 	labelled(ctx, "part", "harness", func(context.Context) {
-		if s.nc, err = connect(url, "bench-submitter"); err != nil {
-			return
-		}
-		s.js, err = newPublisherJS(s.nc, &s.failed, &s.first)
+		s.nc, s.js, err = dialPublisher(url, "bench-submitter", &s.failures)
 	})
 	if err != nil {
-		if s.nc != nil {
-			s.nc.Close()
-		}
 		return nil, err
 	}
 	return s, nil
@@ -574,10 +567,7 @@ func (s *submitter) settle(ctx context.Context) error {
 	if err := waitPublished(ctx, s.js); err != nil {
 		return fmt.Errorf("bench: waiting for submission acks: %w", err)
 	}
-	if n := s.failed.Load(); n > 0 {
-		return fmt.Errorf("bench: %d submissions failed, first: %w", n, s.first.err)
-	}
-	return nil
+	return s.failures.err()
 }
 
 func (s *submitter) close() { s.nc.Close() }
