@@ -299,9 +299,9 @@ func FleetSteady(ctx context.Context, cfg FleetConfig) (FleetSteadyResult, error
 	if err != nil {
 		return FleetSteadyResult{}, err
 	}
-	total := int(math.Round(cfg.Rate * cfg.SteadyFor.Seconds()))
-	if total < 1 {
-		return FleetSteadyResult{}, fmt.Errorf("bench: Rate*SteadyFor = %v jobs, need at least 1", cfg.Rate*cfg.SteadyFor.Seconds())
+	total, err := steadyJobs(cfg.Rate, cfg.SteadyFor)
+	if err != nil {
+		return FleetSteadyResult{}, err
 	}
 	r, err := startRig(ctx, cfg.URL, cfg.Log)
 	if err != nil {

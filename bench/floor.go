@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -307,8 +306,8 @@ type floorSession struct {
 	wg      sync.WaitGroup
 }
 
-func newFloorSession(ctx context.Context, cfg RawConfig, kind FloorKind) (*floorSession, func(), error) {
-	f, err := setupFloor(ctx, cfg.URL, kind, max(cfg.Jobs, int(math.Round(cfg.Rate*cfg.SteadyFor.Seconds()))))
+func newFloorSession(ctx context.Context, url string, kind FloorKind, jobs int) (*floorSession, func(), error) {
+	f, err := setupFloor(ctx, url, kind, jobs)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -401,8 +400,7 @@ func FloorDrain(ctx context.Context, cfg RawConfig, kind FloorKind) (FloorResult
 	if err != nil {
 		return FloorResult{}, err
 	}
-	cfg.SteadyFor = 0
-	s, closeFn, err := newFloorSession(ctx, cfg, kind)
+	s, closeFn, err := newFloorSession(ctx, cfg.URL, kind, cfg.Jobs)
 	if err != nil {
 		return FloorResult{}, err
 	}
@@ -468,12 +466,11 @@ func FloorSteady(ctx context.Context, cfg RawConfig, kind FloorKind) (SteadyResu
 	if err != nil {
 		return SteadyResult{}, err
 	}
-	total := int(math.Round(cfg.Rate * cfg.SteadyFor.Seconds()))
-	if total < 1 {
-		return SteadyResult{}, fmt.Errorf("bench: Rate*SteadyFor = %v jobs, need at least 1", cfg.Rate*cfg.SteadyFor.Seconds())
+	total, err := steadyJobs(cfg.Rate, cfg.SteadyFor)
+	if err != nil {
+		return SteadyResult{}, err
 	}
-	cfg.Jobs = 0
-	s, closeFn, err := newFloorSession(ctx, cfg, kind)
+	s, closeFn, err := newFloorSession(ctx, cfg.URL, kind, total)
 	if err != nil {
 		return SteadyResult{}, err
 	}

@@ -383,9 +383,9 @@ func RawSteady(ctx context.Context, cfg RawConfig) (SteadyResult, error) {
 		return SteadyResult{}, err
 	}
 	size := max(cfg.PayloadBytes, steadyHeader)
-	total := int(math.Round(cfg.Rate * cfg.SteadyFor.Seconds()))
-	if total < 1 {
-		return SteadyResult{}, fmt.Errorf("bench: Rate*SteadyFor = %v jobs, need at least 1", cfg.Rate*cfg.SteadyFor.Seconds())
+	total, err := steadyJobs(cfg.Rate, cfg.SteadyFor)
+	if err != nil {
+		return SteadyResult{}, err
 	}
 
 	r, err := setupRaw(ctx, cfg.URL)
@@ -525,6 +525,15 @@ func awaitDone(ctx context.Context, done *atomic.Int64, n int) error {
 		}
 	}
 	return nil
+}
+
+// steadyJobs is how many jobs a steady run offering rate jobs/s for d sends.
+func steadyJobs(rate float64, d time.Duration) (int, error) {
+	total := int(math.Round(rate * d.Seconds()))
+	if total < 1 {
+		return 0, fmt.Errorf("bench: Rate*SteadyFor = %v jobs, need at least 1", rate*d.Seconds())
+	}
+	return total, nil
 }
 
 // WriteRate measures how many stored (synced, if the server syncs every

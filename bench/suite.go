@@ -316,11 +316,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				})
 			})
 			fl.SteadyErr = errText(err)
-			if fl.Drain != nil && mr.RawDrain != nil && mr.RawDrain.PerSec > 0 {
-				fl.DrainRatio = fl.Drain.PerSec / mr.RawDrain.PerSec
+			if fl.Drain != nil {
+				fl.DrainRatio = mr.drainVsRaw(fl.Drain.PerSec)
 			}
-			if fl.Steady != nil && mr.RawSteady != nil && mr.RawSteady.RunStart.P50 > 0 {
-				fl.RunStartRatio = float64(fl.Steady.RunStart.P50) / float64(mr.RawSteady.RunStart.P50)
+			if fl.Steady != nil {
+				fl.RunStartRatio = mr.runStartVsRaw(fl.Steady.RunStart.P50)
 			}
 			mr.Floors = append(mr.Floors, fl)
 		}
@@ -391,13 +391,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 // ratios fills the comparisons with the raw baseline of the same mode.
 func (f *FleetRun) ratios(m ModeRun) {
-	if f.Drain != nil && m.RawDrain != nil && m.RawDrain.PerSec > 0 {
-		f.DrainRatio = f.Drain.PerSec / m.RawDrain.PerSec
+	if f.Drain != nil {
+		f.DrainRatio = m.drainVsRaw(f.Drain.PerSec)
 	}
 	if f.Steady != nil && m.RawSteady != nil {
-		if p := m.RawSteady.RunStart.P50; p > 0 {
-			f.RunStartRatio = float64(f.Steady.RunStart.P50) / float64(p)
-		}
+		f.RunStartRatio = m.runStartVsRaw(f.Steady.RunStart.P50)
 		if p := m.RawSteady.Completed.P50; p > 0 {
 			f.CompletedRatio = float64(f.Steady.Completed.P50) / float64(p)
 		}
@@ -406,6 +404,23 @@ func (f *FleetRun) ratios(m ModeRun) {
 		f.FsyncBound = m.WriteRate / f.Drain.DrainWrites.PerJob
 		f.FsyncFraction = f.Drain.PerSec / f.FsyncBound
 	}
+}
+
+// drainVsRaw is perSec ÷ the raw drain's rate of the mode (0 without one).
+func (m ModeRun) drainVsRaw(perSec float64) float64 {
+	if m.RawDrain == nil || m.RawDrain.PerSec <= 0 {
+		return 0
+	}
+	return perSec / m.RawDrain.PerSec
+}
+
+// runStartVsRaw is p50 ÷ the raw steady run-start p50 of the mode (0
+// without one).
+func (m ModeRun) runStartVsRaw(p50 time.Duration) float64 {
+	if m.RawSteady == nil || m.RawSteady.RunStart.P50 <= 0 {
+		return 0
+	}
+	return float64(p50) / float64(m.RawSteady.RunStart.P50)
 }
 
 func (r *Report) mode(m Mode) *ModeRun {
