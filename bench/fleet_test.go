@@ -90,8 +90,11 @@ func TestRunSmall(t *testing.T) {
 		} else {
 			t.Logf("%s: fleet steady stalled: %s", m.Mode, s.Stalled)
 		}
-		if m.Mode == ModeAlways && f.FsyncBound <= 0 {
-			t.Errorf("always: no fsync bound: %+v", f)
+		if m.Mode == ModeAlways && (len(f.FsyncRates) != 2 || f.FsyncBound <= 0) {
+			t.Errorf("always: want an fsync bound from write rates sampled before and after the drain: %+v", f)
+		}
+		if m.Mode == ModeLazy && len(f.FsyncRates) != 0 {
+			t.Errorf("lazy: write rates sampled around the drain: %v", f.FsyncRates)
 		}
 	}
 

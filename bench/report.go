@@ -65,6 +65,18 @@ func fmtRate(v float64) string {
 	return b.String()
 }
 
+// fmtRates prints rates as "a" or "mean of a and b" (or "mean of a, b, c").
+func fmtRates(vs []float64) string {
+	if len(vs) == 1 {
+		return fmtRate(vs[0])
+	}
+	parts := make([]string, len(vs))
+	for i, v := range vs {
+		parts[i] = fmtRate(v)
+	}
+	return "mean of " + strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
+}
+
 func fmtBytes(v float64) string {
 	switch a := math.Abs(v); {
 	case a >= 1<<20:
@@ -159,7 +171,8 @@ func (r *Report) WriteTable(out io.Writer) error {
 					}
 				}
 				if f.FsyncBound > 0 && mr.Mode == ModeAlways {
-					notes = append(notes, fmt.Sprintf("fsync bound %s/s, %.0f%% of it", fmtRate(f.FsyncBound), 100*f.FsyncFraction))
+					notes = append(notes, fmt.Sprintf("fsync bound %s/s (write rate %s/s around the drain), %.0f%% of it",
+						fmtRate(f.FsyncBound), fmtRates(f.FsyncRates), 100*f.FsyncFraction))
 				}
 				notes = append(notes, errNote("drain", f.DrainErr), errNote("steady", f.SteadyErr))
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, runnerName(f.Runner), drain, ratio, run, rratio,
@@ -363,6 +376,14 @@ func writesJSON(w Writes) jsonWrites {
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
 
+func roundAll(vs []float64) []float64 {
+	out := make([]float64, len(vs))
+	for i, v := range vs {
+		out[i] = round3(v)
+	}
+	return out
+}
+
 type jsonSteady struct {
 	Offered   float64     `json:"offered_per_sec"`
 	WindowMs  float64     `json:"window_ms"`
@@ -426,6 +447,7 @@ type jsonFleetRun struct {
 	DrainRatio     float64          `json:"drain_vs_raw"`
 	RunStartRatio  float64          `json:"run_start_p50_vs_raw"`
 	CompletedRatio float64          `json:"completed_p50_vs_raw"`
+	FsyncRates     []float64        `json:"fsync_write_rates_per_sec,omitempty"`
 	FsyncBound     float64          `json:"fsync_bound_per_sec,omitempty"`
 	FsyncFraction  float64          `json:"fsync_bound_fraction,omitempty"`
 }
@@ -576,7 +598,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		for _, f := range m.Fleet {
 			jf := jsonFleetRun{Runner: f.Runner, DrainErr: f.DrainErr, SteadyErr: f.SteadyErr, DrainRatio: round3(f.DrainRatio),
 				RunStartRatio: round3(f.RunStartRatio), CompletedRatio: round3(f.CompletedRatio),
-				FsyncBound: round3(f.FsyncBound), FsyncFraction: round3(f.FsyncFraction)}
+				FsyncRates: roundAll(f.FsyncRates), FsyncBound: round3(f.FsyncBound), FsyncFraction: round3(f.FsyncFraction)}
 			if d := f.Drain; d != nil {
 				jf.Drain = &jsonFleetDrain{Jobs: d.Jobs, Done: d.Done, Factories: d.Factories, Slots: d.Slots,
 					IngestMs: ms(d.IngestElapsed), IngestPerSec: round3(d.IngestPerSec), UnroutableSettleMs: ms(d.UnroutableSettling),
