@@ -78,6 +78,7 @@ type FleetDrainResult struct {
 	Done               int           // jobs succeeded (Jobs unless Stalled)
 	Elapsed            time.Duration // factories started -> last (N-th) "succeeded" event
 	PerSec             float64       // Done / Elapsed
+	CPU                time.Duration // the process's CPU time from the factories' start to the N-th "succeeded" event
 	IngestWrites       Writes        // the ingest phase (includes the unroutable marks of jobs no factory could take yet)
 	DrainWrites        Writes        // the drain phase
 	UnroutableSettling time.Duration
@@ -263,7 +264,7 @@ func FleetDrain(ctx context.Context, cfg FleetConfig) (FleetDrainResult, error) 
 	}
 	res.IngestWrites = diffWrites(w0, w1, cfg.Jobs)
 
-	start := r.t.now()
+	start, cpu0 := r.t.now(), processCPU()
 	if err := r.startFactories(ctx, cfg.Factories, cfg.Slots, cfg.Runner); err != nil {
 		return res, err
 	}
@@ -273,6 +274,7 @@ func FleetDrain(ctx context.Context, cfg FleetConfig) (FleetDrainResult, error) 
 		}
 		res.Stalled = err.Error()
 	}
+	res.CPU = processCPU() - cpu0
 	res.Done = int(set.succeeded.Load())
 	if _, end := span(set.done); end > start {
 		res.Elapsed = time.Duration(end - start)

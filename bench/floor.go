@@ -63,6 +63,7 @@ type FloorResult struct {
 	Elapsed      time.Duration
 	PerSec       float64
 	WritesPerJob float64 // stored messages per job, counted from the streams
+	CPU          time.Duration // the process's CPU time during the drain, its events' publishing included
 }
 
 // floorRun is one floor topology: a record bucket, a work-queue ingest
@@ -425,7 +426,7 @@ func FloorDrain(ctx context.Context, cfg RawConfig, kind FloorKind) (FloorResult
 		target   = int64(cfg.Jobs)
 		finished = make(chan struct{})
 	)
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	s.parallel(cfg.Workers, cfg.Jobs, func(i uint64) error { return s.dispatch(s.ctx, i, 0) })
 	s.workers(cfg.Workers, 0, func() bool { return acked.Load() >= target }, nil, func(uint64, time.Duration) {
 		if acked.Add(1) == target {
@@ -446,13 +447,14 @@ func FloorDrain(ctx context.Context, cfg RawConfig, kind FloorKind) (FloorResult
 	if err := s.published(ctx); err != nil {
 		return FloorResult{}, err
 	}
+	cpu := processCPU() - cpu0
 	after, err := s.writes(ctx)
 	if err != nil {
 		return FloorResult{}, err
 	}
 	elapsed := end.Sub(start)
 	return FloorResult{Kind: kind, Jobs: cfg.Jobs, Workers: cfg.Workers, Elapsed: elapsed,
-		PerSec: float64(cfg.Jobs) / elapsed.Seconds(), WritesPerJob: float64(after-before) / float64(cfg.Jobs)}, nil
+		PerSec: float64(cfg.Jobs) / elapsed.Seconds(), WritesPerJob: float64(after-before) / float64(cfg.Jobs), CPU: cpu}, nil
 }
 
 // FloorSteady offers jobs at cfg.Rate for cfg.SteadyFor along the design

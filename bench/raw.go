@@ -310,7 +310,7 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 		target   = int64(cfg.Jobs)
 		finished = make(chan struct{})
 	)
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	for range cfg.Workers {
 		wg.Go(func() {
 			for acked.Load() < target && runCtx.Err() == nil {
@@ -346,6 +346,7 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 		})
 	}
 	wg.Wait()
+	cpu := processCPU() - cpu0
 	select {
 	case <-finished:
 	default:
@@ -360,6 +361,7 @@ func RawDrain(ctx context.Context, cfg RawConfig) (DrainResult, error) {
 		Workers: cfg.Workers,
 		Elapsed: elapsed,
 		PerSec:  float64(cfg.Jobs) / elapsed.Seconds(),
+		CPU:     cpu,
 	}, nil
 }
 

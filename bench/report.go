@@ -77,6 +77,14 @@ func fmtRates(vs []float64) string {
 	return "mean of " + strings.Join(parts[:len(parts)-1], ", ") + " and " + parts[len(parts)-1]
 }
 
+// fmtCPU prints a CPU time per job in µs.
+func fmtCPU(d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond))
+}
+
 func fmtBytes(v float64) string {
 	switch a := math.Abs(v); {
 	case a >= 1<<20:
@@ -125,38 +133,39 @@ func (r *Report) WriteTable(out io.Writer) error {
 	if len(r.Modes) > 0 {
 		w.printf("END TO END (latencies in ms: submit→run-start p50/p99/max, submit→completed p50/p99)\n")
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "MODE\tWHAT\tDRAIN jobs/s\t×RAW\tRUN-START\t×RAW p50\tCOMPLETED\tSTEADY jobs/s\tWRITES/JOB\tNOTES")
+		fmt.Fprintln(tw, "MODE\tWHAT\tDRAIN jobs/s\t×RAW\tCPU µs/job\tRUN-START\t×RAW p50\tCOMPLETED\tSTEADY jobs/s\tWRITES/JOB\tNOTES")
 		for _, mr := range r.Modes {
 			note := ""
 			if mr.WriteRate > 0 {
 				note = "write rate " + fmtRate(mr.WriteRate) + "/s"
 			}
 			note = joinNotes(note, errNote("write rate", mr.WriteRateErr), errNote("drain", mr.RawDrainErr), errNote("steady", mr.RawSteadyErr))
-			drain, run, done, rate := "-", "-", "-", "-"
-			if mr.RawDrain != nil {
-				drain = fmtRate(mr.RawDrain.PerSec)
+			drain, cpu, run, done, rate := "-", "-", "-", "-", "-"
+			if d := mr.RawDrain; d != nil {
+				drain, cpu = fmtRate(d.PerSec), fmtCPU(cpuPerJob(d.CPU, d.Jobs))
 			}
 			if mr.RawSteady != nil {
 				run, done, rate = fmtLat(mr.RawSteady.RunStart, true), fmtLat(mr.RawSteady.Completed, false), fmtRate(mr.RawSteady.Offered)
 			}
-			fmt.Fprintf(tw, "%s\traw JetStream\t%s\t1\t%s\t1\t%s\t%s\t1 (+ack)\t%s\n", mr.Mode, drain, run, done, rate, note)
+			fmt.Fprintf(tw, "%s\traw JetStream\t%s\t1\t%s\t%s\t1\t%s\t%s\t1 (+ack)\t%s\n", mr.Mode, drain, cpu, run, done, rate, note)
 			for _, f := range mr.Floors {
-				drain, ratio, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-"
+				drain, ratio, cpu, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-", "-"
 				if d := f.Drain; d != nil {
 					drain, ratio, writes = fmtRate(d.PerSec), fmt.Sprintf("%.3f", f.DrainRatio), fmt.Sprintf("%.2f", d.WritesPerJob)
+					cpu = fmtCPU(cpuPerJob(d.CPU, d.Jobs))
 				}
 				if s := f.Steady; s != nil {
 					run, done, rate = fmtLat(s.RunStart, true), fmtLat(s.Completed, false), fmtRate(s.Offered)
 					rratio = fmt.Sprintf("%.1f", f.RunStartRatio)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, floorName(f.Kind), drain, ratio, run, rratio,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, floorName(f.Kind), drain, ratio, cpu, run, rratio,
 					done, rate, writes, joinNotes(errNote("drain", f.DrainErr), errNote("steady", f.SteadyErr)))
 			}
 			for _, f := range mr.Fleet {
-				drain, ratio, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-"
+				drain, ratio, cpu, run, rratio, done, rate, writes := "-", "-", "-", "-", "-", "-", "-", "-"
 				var notes []string
 				if d := f.Drain; d != nil {
-					drain, ratio = fmtRate(d.PerSec), fmt.Sprintf("%.3f", f.DrainRatio)
+					drain, ratio, cpu = fmtRate(d.PerSec), fmt.Sprintf("%.3f", f.DrainRatio), fmtCPU(cpuPerJob(d.CPU, d.Done))
 					notes = append(notes, fmt.Sprintf("ingest %s/s", fmtRate(d.IngestPerSec)))
 					if d.Stalled != "" {
 						drain += fmt.Sprintf(" (STALLED at %d/%d)", d.Done, d.Jobs)
@@ -175,7 +184,7 @@ func (r *Report) WriteTable(out io.Writer) error {
 						fmtRate(f.FsyncBound), fmtRates(f.FsyncRates), 100*f.FsyncFraction))
 				}
 				notes = append(notes, errNote("drain", f.DrainErr), errNote("steady", f.SteadyErr))
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, runnerName(f.Runner), drain, ratio, run, rratio,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", mr.Mode, runnerName(f.Runner), drain, ratio, cpu, run, rratio,
 					done, rate, writes, joinNotes(notes...))
 			}
 		}
@@ -355,6 +364,8 @@ type jsonLatency struct {
 
 func ms(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Microsecond)) / 1000 }
 
+func us(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Microsecond)*10) / 10 }
+
 func latJSON(l Latency) jsonLatency { return jsonLatency{ms(l.P50), ms(l.P99), ms(l.Max), l.N} }
 
 type jsonWrites struct {
@@ -402,6 +413,7 @@ type jsonDrain struct {
 	Workers   int     `json:"workers"`
 	ElapsedMs float64 `json:"elapsed_ms"`
 	PerSec    float64 `json:"per_sec"`
+	CPUPerJob float64 `json:"cpu_us_per_job,omitempty"`
 }
 
 type jsonFleetDrain struct {
@@ -414,6 +426,7 @@ type jsonFleetDrain struct {
 	UnroutableSettleMs float64    `json:"unroutable_settle_ms"`
 	ElapsedMs          float64    `json:"elapsed_ms"`
 	PerSec             float64    `json:"per_sec"`
+	CPUPerJob          float64    `json:"cpu_us_per_job,omitempty"`
 	IngestWrites       jsonWrites `json:"ingest_writes"`
 	DrainWrites        jsonWrites `json:"drain_writes"`
 	Stalled            string     `json:"stalled,omitempty"`
@@ -576,7 +589,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 		jm := jsonMode{Mode: m.Mode, WriteRate: round3(m.WriteRate), WriteRateErr: m.WriteRateErr, RawDrainErr: m.RawDrainErr,
 			RawSteadyErr: m.RawSteadyErr, Fleet: []jsonFleetRun{}}
 		if d := m.RawDrain; d != nil {
-			jm.RawDrain = &jsonDrain{d.Jobs, d.Workers, ms(d.Elapsed), round3(d.PerSec)}
+			jm.RawDrain = &jsonDrain{d.Jobs, d.Workers, ms(d.Elapsed), round3(d.PerSec), us(cpuPerJob(d.CPU, d.Jobs))}
 		}
 		if s := m.RawSteady; s != nil {
 			v := steadyJSON(*s)
@@ -586,7 +599,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 			jf := jsonFloor{Kind: f.Kind, DrainErr: f.DrainErr, SteadyErr: f.SteadyErr, DrainRatio: round3(f.DrainRatio),
 				RunStartRatio: round3(f.RunStartRatio)}
 			if d := f.Drain; d != nil {
-				jf.Drain = &jsonDrain{d.Jobs, d.Workers, ms(d.Elapsed), round3(d.PerSec)}
+				jf.Drain = &jsonDrain{d.Jobs, d.Workers, ms(d.Elapsed), round3(d.PerSec), us(cpuPerJob(d.CPU, d.Jobs))}
 				jf.WritesPerJob = round3(d.WritesPerJob)
 			}
 			if s := f.Steady; s != nil {
@@ -602,7 +615,7 @@ func (r *Report) MarshalJSON() ([]byte, error) {
 			if d := f.Drain; d != nil {
 				jf.Drain = &jsonFleetDrain{Jobs: d.Jobs, Done: d.Done, Factories: d.Factories, Slots: d.Slots,
 					IngestMs: ms(d.IngestElapsed), IngestPerSec: round3(d.IngestPerSec), UnroutableSettleMs: ms(d.UnroutableSettling),
-					ElapsedMs: ms(d.Elapsed), PerSec: round3(d.PerSec), IngestWrites: writesJSON(d.IngestWrites),
+					ElapsedMs: ms(d.Elapsed), PerSec: round3(d.PerSec), CPUPerJob: us(cpuPerJob(d.CPU, d.Done)), IngestWrites: writesJSON(d.IngestWrites),
 					DrainWrites: writesJSON(d.DrainWrites), Stalled: d.Stalled}
 			}
 			if s := f.Steady; s != nil {

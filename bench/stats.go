@@ -52,6 +52,18 @@ type DrainResult struct {
 	Workers int
 	Elapsed time.Duration
 	PerSec  float64
+	CPU     time.Duration // the process's CPU time during the drain (see cpuPerJob)
+}
+
+// cpuPerJob is cpu ÷ jobs, 0 when either is unknown. A drain's CPU time is
+// the whole process's — the embedded broker, every client, coordinator and
+// factories alike — over the drain, so it is the cost of the path per job:
+// on a shared machine it moves much less than the rate does.
+func cpuPerJob(cpu time.Duration, jobs int) time.Duration {
+	if cpu <= 0 || jobs <= 0 {
+		return 0
+	}
+	return cpu / time.Duration(jobs)
 }
 
 // SteadyResult is the outcome of a steady-rate measurement.
