@@ -62,7 +62,7 @@ type FloorResult struct {
 	Workers      int
 	Elapsed      time.Duration
 	PerSec       float64
-	WritesPerJob float64 // stored messages per job, counted from the streams
+	WritesPerJob float64       // stored messages per job, counted from the streams
 	CPU          time.Duration // the process's CPU time during the drain, its events' publishing included
 }
 
