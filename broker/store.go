@@ -18,10 +18,10 @@ import (
 // Jobs is the typed store of job records in fleet_jobs. Every write is a
 // compare-and-set on the key's revision.
 //
-// It remembers the records it wrote last (a bounded cache) so that Mutate
-// can compare-and-set against them without reading first; a record another
-// process changed since fails the CAS and is read again, so the cache can be
-// stale but never wrong.
+// It remembers the records it wrote or was shown (Observe) last, in a
+// bounded cache, so that Mutate can compare-and-set against them without
+// reading first; a record another process changed since fails the CAS and
+// is read again, so the cache can be stale but never wrong.
 type Jobs struct {
 	KV jetstream.KeyValue
 	nc *nats.Conn
@@ -52,12 +52,23 @@ func (b *Broker) OpenJobs(ctx context.Context) (*Jobs, error) {
 // maxCachedRecord keeps large specs out of the cache.
 const maxCachedRecord = 4 << 10
 
+// Observe remembers a revision of a record read from the bucket's stream
+// (size: its encoded length), so that a Mutate that follows needs no read:
+// a record another process wrote, or one this store is still creating
+// (its write can be seen on the stream before its own answer arrives).
+func (s *Jobs) Observe(r job.Record, rev uint64, size int) { s.remember(r, rev, size) }
+
+// remember keeps r at rev unless a later revision is remembered already
+// (the answer to a write can arrive after a later write was seen).
 func (s *Jobs) remember(r job.Record, rev uint64, size int) {
 	if s.limit <= 0 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c, ok := s.cache[r.ID]; ok && c.rev >= rev {
+		return
+	}
 	if size > maxCachedRecord || r.State.Terminal() {
 		delete(s.cache, r.ID) // its id stays in order until evicted: harmless
 		return

@@ -108,3 +108,43 @@ func TestMutateRedecidesRefusalOnLeaderCopy(t *testing.T) {
 		t.Fatalf("after %d decisions: %+v %v", calls, next, err)
 	}
 }
+
+// A record observed on the bucket's stream is what Mutate decides on next,
+// with no read; an older revision observed after it (or the answer to a
+// write arriving after a later write was seen) does not replace it.
+func TestObservedRecordIsMutatedWithoutRead(t *testing.T) {
+	t.Parallel()
+	s := openTestJobs(t)
+	ctx := context.Background()
+	spec, err := job.DecodeSpec([]byte(`{"product":"acme","command":["true"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := job.NewRecord("j1", spec, time.Now().UTC())
+	// Written by "another process": this store's cache does not have it.
+	rev, err := s.KV.Create(ctx, "j1", stored.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Observed with a mark the stored record lacks: a Mutate deciding on
+	// the observed copy sees the mark, one that read the record would not.
+	seen := stored
+	seen.LastError = "observed"
+	s.Observe(seen, rev, 100)
+	older := stored
+	older.LastError = "older"
+	s.Observe(older, rev-1, 100)
+	s.remember(older, rev, 100) // the same revision again: the first copy stays
+	var decidedOn string
+	_, _, _, err = s.Mutate(ctx, "j1", func(r job.Record) (job.Record, bool, error) {
+		decidedOn = r.LastError
+		n, err := r.Dispatch("p", time.Now().UTC())
+		return n, err == nil, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if decidedOn != "observed" {
+		t.Fatalf("Mutate decided on %q, want the observed copy", decidedOn)
+	}
+}

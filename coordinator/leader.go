@@ -70,10 +70,16 @@ func (c *Coordinator) lead(ctx context.Context) error {
 	// never hold the gate back. The two reads share their decoding.
 	decoded := &decodedRecords{}
 	written := make(chan job.Event, 4096)
-	follow, err := c.consumeJobs(ctx, snapRev+1, decoded, func(seq uint64, r *job.Record) {
+	follow, err := c.consumeJobs(ctx, snapRev+1, decoded, func(seq uint64, r *job.Record, size int) {
 		if r == nil {
 			return
 		}
+		// The job store may not have the revision yet: a record written
+		// by another process, or one this process's ingest created whose
+		// write returns after the write reaches here. Without it, the
+		// job's dispatch would read it first (a round trip on the path to
+		// run-start).
+		c.jobs.Observe(*r, seq, size)
 		select {
 		case written <- job.EventFor(job.Record{}, *r, seq):
 		case <-ctx.Done():
@@ -317,10 +323,10 @@ func resynced(e *entry, r job.Record, rev uint64, err error) result {
 }
 
 // consumeJobs reads every write to fleet_jobs from stream sequence from
-// (1: the beginning), in order, and hands fn each one's sequence and record
-// (nil for a delete or an undecodable record, which is logged). The record
-// comes from dec and is shared: fn must not change it.
-func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, dec *decodedRecords, fn func(seq uint64, r *job.Record)) (jetstream.ConsumeContext, error) {
+// (1: the beginning), in order, and hands fn each one's sequence, record
+// (nil for a delete or an undecodable record, which is logged) and encoded
+// size. The record comes from dec and is shared: fn must not change it.
+func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, dec *decodedRecords, fn func(seq uint64, r *job.Record, size int)) (jetstream.ConsumeContext, error) {
 	oc, err := c.b.JS.OrderedConsumer(ctx, broker.JobsKVStream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(from, 1)})
 	if err != nil {
@@ -332,16 +338,16 @@ func (c *Coordinator) consumeJobs(ctx context.Context, from uint64, dec *decoded
 			return
 		}
 		if msg.Headers().Get("KV-Operation") != "" {
-			fn(meta.Sequence.Stream, nil)
+			fn(meta.Sequence.Stream, nil, 0)
 			return
 		}
 		r, err := dec.decode(meta.Sequence.Stream, msg.Data())
 		if err != nil {
 			c.log.Warn("undecodable job record skipped", zap.String("subject", msg.Subject()), zap.Error(err))
-			fn(meta.Sequence.Stream, nil)
+			fn(meta.Sequence.Stream, nil, 0)
 			return
 		}
-		fn(meta.Sequence.Stream, r)
+		fn(meta.Sequence.Stream, r, len(msg.Data()))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", broker.JobsKVStream, err)

@@ -82,7 +82,7 @@ func (c *Coordinator) relay(ctx context.Context, dec *decodedRecords) error {
 	}()
 	defer func() { close(toCompact); <-compacted }()
 	inflight := make(chan relayed, relayWindow)
-	cons, err := c.consumeJobs(ctx, start, dec, func(seq uint64, r *job.Record) {
+	cons, err := c.consumeJobs(ctx, start, dec, func(seq uint64, r *job.Record, _ int) {
 		select {
 		case inflight <- c.relayOne(seq, r):
 		case <-ctx.Done():
