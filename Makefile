@@ -9,7 +9,7 @@ FUZZTIME ?= 200000x
 # Every fuzz target, as package:Target.
 FUZZ_TARGETS = ./job:FuzzDecodeSpec ./job:FuzzDecodeClaim ./job:FuzzDecodeLease ./job:FuzzDecodeComplete \
                ./job:FuzzDecodeCancel ./job:FuzzDecodeFactory ./job:FuzzDecodeRecord ./job:FuzzRecordCodec \
-               ./job:FuzzEventCodec ./subjects:FuzzValidToken
+               ./job:FuzzEventCodec ./job:FuzzControlCodec ./subjects:FuzzValidToken
 
 .PHONY: build test unit fuzz-short fuzz up bench chaos lint cross clean
 

@@ -37,8 +37,13 @@ func DecodeRequest[T any, P interface {
 	if !utf8.Valid(data) {
 		return v, fmt.Errorf("%w: request is not valid UTF-8", ErrBadRequest)
 	}
-	if err := decodeStrict(data, &v); err != nil {
-		return v, fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))
+	fast, ok := any(&v).(fastMessage)
+	if !ok || decodeFast(data, fast) != nil {
+		var zero T
+		v = zero
+		if err := decodeStrict(data, &v); err != nil {
+			return v, fmt.Errorf("%w: %s", ErrBadRequest, describeJSONError(err))
+		}
 	}
 	if err := P(&v).Validate(); err != nil {
 		return v, err
@@ -246,9 +251,21 @@ func (e *CtlError) AsError() error {
 	return e
 }
 
-// DecodeReply parses a reply; a reply is from our own coordinators but is
-// still checked for shape.
+// DecodeReply parses a reply into v, a pointer to a zero reply; a reply is
+// from our own coordinators but is still checked for shape.
 func DecodeReply(data []byte, v any) error {
+	switch r := v.(type) {
+	case *ClaimReply:
+		if decodeFast(data, r) == nil {
+			return nil
+		}
+		*r = ClaimReply{}
+	case *LeaseReply:
+		if decodeFast(data, r) == nil {
+			return nil
+		}
+		*r = LeaseReply{}
+	}
 	if err := json.Unmarshal(data, v); err != nil {
 		return fmt.Errorf("decode control reply: %w", err)
 	}
