@@ -350,9 +350,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 						var wr float64
 						var err error
 						labelled(ctx, "part", "harness", func(ctx context.Context) { wr, err = WriteRate(ctx, url, bracketWrites(cfg.Jobs)) })
-						if err == nil {
-							fr.FsyncRates = append(fr.FsyncRates, wr)
+						if err != nil {
+							say("%s: write rate around the fleet drain: FAILED: %v", mode, err)
+							return
 						}
+						fr.FsyncRates = append(fr.FsyncRates, wr)
 					}
 					sampleRate()
 					d, err := FleetDrain(ctx, fc)

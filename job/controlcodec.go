@@ -3,8 +3,9 @@ package job
 // The fast path of the control API's hot messages: the claim, lease and
 // complete requests every job's run makes, and the claim and lease
 // replies. encoding/json's reflective decoding of them (with a
-// json.Decoder per request, for its strictness) was about 7 % of the
-// fleet's CPU per drained job.
+// json.Decoder per request, for its strictness) took 1.1 s of a
+// 20,000-job drain's 16.7 s of profiled CPU; BenchmarkDecodeControl puts
+// one run's four messages at 24 µs that way, 7 µs this way.
 //
 // decodeFast reads a message with the record codec's decoder, but only
 // the plainest form of it: one JSON object whose keys are each a known key
