@@ -90,8 +90,54 @@ type class struct {
 	q        backlog
 	cands    candHeap // live pools covering req, best first; kept current by poolChanged and roomChanged
 	hidx     int
-	unmarked int // jobs in q not yet flagged unroutable
-	scan     int // where the next search for them starts in q
+	unmarked int         // jobs in q not yet flagged unroutable
+	scan     int         // where the next search for them starts in q
+	prios    map[int]int // jobs in q per priority; kept by push, pop and remove
+}
+
+func (cl *class) push(e *entry) {
+	heap.Push(&cl.q, e)
+	cl.countPriority(e.prio, 1)
+}
+
+func (cl *class) pop() *entry {
+	e := heap.Pop(&cl.q).(*entry)
+	cl.countPriority(e.prio, -1)
+	return e
+}
+
+func (cl *class) remove(e *entry) {
+	heap.Remove(&cl.q, e.qidx)
+	cl.countPriority(e.prio, -1)
+}
+
+func (cl *class) countPriority(prio, delta int) {
+	if cl.prios == nil {
+		cl.prios = map[int]int{}
+	}
+	if n := cl.prios[prio] + delta; n != 0 {
+		cl.prios[prio] = n
+	} else {
+		delete(cl.prios, prio)
+	}
+}
+
+// oldest is when the class's oldest queued job was created (0 if none).
+// The queue is ordered by priority, then age, so while its jobs share one
+// priority — the usual case — that is the top's; otherwise it is found by
+// a walk.
+func (cl *class) oldest() int64 {
+	if len(cl.q) == 0 {
+		return 0
+	}
+	if len(cl.prios) == 1 {
+		return cl.q[0].created
+	}
+	oldest := cl.q[0].created
+	for _, e := range cl.q {
+		oldest = min(oldest, e.created)
+	}
+	return oldest
 }
 
 type pool struct {
@@ -185,7 +231,7 @@ func (m *model) apply(ev job.Event) {
 func (m *model) leave(e *entry) {
 	m.counts[e.state]--
 	if e.qidx >= 0 {
-		heap.Remove(&e.class.q, e.qidx)
+		e.class.remove(e)
 		if !e.unroutable {
 			e.class.unmarked--
 		}
@@ -214,7 +260,7 @@ func (m *model) enter(e *entry) {
 	switch e.state {
 	case job.Queued:
 		if !e.pending {
-			heap.Push(&e.class.q, e)
+			e.class.push(e)
 			if !e.unroutable {
 				e.class.unmarked++
 			}
@@ -412,7 +458,7 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 		if m.view(best).Room() <= 0 {
 			continue
 		}
-		e := heap.Pop(&cl.q).(*entry)
+		e := cl.pop()
 		if !e.unroutable {
 			cl.unmarked-- // leave will not: e is no longer in q
 		}

@@ -192,9 +192,14 @@ func TestGateIndexes(t *testing.T) {
 				m.putFactory(id, &job.FactoryInfo{ID: id, Pool: fmt.Sprintf("p%d", rng.IntN(5)),
 					Caps: caps[rng.IntN(len(caps))], Slots: rng.IntN(3), LastSeen: time.Now()})
 			}
-		case k < 10: // a new job
+		case k < 10: // a new job, of one priority mostly, of any age
 			id := fmt.Sprintf("j%d", step)
-			m.apply(queuedEvent(id, next(id), false, reqs[rng.IntN(len(reqs))]...))
+			ev := queuedEvent(id, next(id), false, reqs[rng.IntN(len(reqs))]...)
+			ev.Created = t0.Add(time.Duration(rng.IntN(1000)) * time.Second)
+			if rng.IntN(8) == 0 {
+				ev.Priority = 1 + rng.IntN(2)
+			}
+			m.apply(ev)
 		case k < 14: // a gate round, and the unroutable flags' writes come back
 			orders, marks := m.admit(1+rng.IntN(8), markBudget)
 			sent = append(sent, orders...)
@@ -221,9 +226,23 @@ func TestGateIndexes(t *testing.T) {
 				t.Fatalf("step %d, class %q with %d queued: waiting %v", step, cl.key, cl.q.Len(), got)
 			}
 			unflagged := 0
+			prios := map[int]int{}
+			var oldest int64
 			for _, e := range cl.q {
 				if !e.unroutable {
 					unflagged++
+				}
+				prios[e.prio]++
+				if oldest == 0 || e.created < oldest {
+					oldest = e.created
+				}
+			}
+			if len(prios) != len(cl.prios) || cl.oldest() != oldest {
+				t.Fatalf("step %d, class %q: priorities %v, want %v; oldest %d, want %d", step, cl.key, cl.prios, prios, cl.oldest(), oldest)
+			}
+			for p, n := range prios {
+				if cl.prios[p] != n {
+					t.Fatalf("step %d, class %q: priorities %v, want %v", step, cl.key, cl.prios, prios)
 				}
 			}
 			if cl.unmarked != unflagged {
@@ -304,5 +323,29 @@ func BenchmarkReleaseManyPools(b *testing.B) {
 				m.apply(job.Event{JobID: id, To: job.Succeeded, Rev: rev, Pool: orders[0].pool, Created: t0, At: t0})
 			}
 		})
+	}
+}
+
+// BenchmarkQueueState is one fleet_queue_state computation (once a second
+// in the leader loop) with 100,000 jobs queued in one class — held, no
+// pool able to run them — and a pool at work.
+//
+//	go test -run '^$' -bench QueueState -benchmem ./coordinator
+func BenchmarkQueueState(b *testing.B) {
+	m := newModel(0, false)
+	m.putFactory("f1", &job.FactoryInfo{ID: "f1", Pool: "p1", Slots: 4, LastSeen: time.Now()})
+	t0 := time.Unix(1700000000, 0)
+	for i := range 100_000 {
+		ev := queuedEvent("j"+strconv.Itoa(i), uint64(i+1), true, "gpu=true")
+		ev.Created = t0.Add(time.Duration(i) * time.Millisecond)
+		m.apply(ev)
+	}
+	c := &Coordinator{cfg: Config{ID: "c1"}}
+	now := time.Now()
+	b.ResetTimer()
+	for b.Loop() {
+		if qs := c.queueState(m, now); qs["total"].Queued != 100_000 {
+			b.Fatalf("queued %d", qs["total"].Queued)
+		}
 	}
 }

@@ -12,7 +12,8 @@ import (
 )
 
 // queueState computes fleet_queue_state from the model: per pool and total.
-// It walks the classes and pools, and the queued jobs once for their ages.
+// It walks the pools and the classes with queued jobs (and the queued jobs
+// of a class only when they have more than one priority, for their ages).
 func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueState {
 	gate := "on"
 	if c.cfg.GateOff {
@@ -42,12 +43,7 @@ func (c *Coordinator) queueState(m *model, now time.Time) map[string]job.QueueSt
 	for cl := range m.waiting {
 		n := cl.q.Len()
 		total.Queued += n
-		var clOldest int64
-		for _, e := range cl.q {
-			if clOldest == 0 || e.created < clOldest {
-				clOldest = e.created
-			}
-		}
+		clOldest := cl.oldest()
 		if oldest == 0 || clOldest < oldest {
 			oldest = clOldest
 		}
