@@ -31,16 +31,22 @@ func openTestJobs(t *testing.T) *Jobs {
 	return s
 }
 
+func testSpec(t *testing.T) job.Spec {
+	t.Helper()
+	spec, err := job.DecodeSpec([]byte(`{"product":"acme","command":["true"]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
+}
+
 // Every write is stamped with the transition it made, and the leader's
 // read agrees with the direct one.
 func TestMutateStampsTransitions(t *testing.T) {
 	t.Parallel()
 	s := openTestJobs(t)
 	ctx := context.Background()
-	spec, err := job.DecodeSpec([]byte(`{"product":"acme","command":["true"]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := testSpec(t)
 	now := time.Now().UTC()
 	rev, err := s.Create(ctx, job.NewRecord("j1", spec, now))
 	if err != nil {
@@ -84,7 +90,7 @@ func TestMutateRedecidesRefusalOnLeaderCopy(t *testing.T) {
 	t.Parallel()
 	s := openTestJobs(t)
 	ctx := context.Background()
-	spec, _ := job.DecodeSpec([]byte(`{"product":"acme","command":["true"]}`))
+	spec := testSpec(t)
 	now := time.Now().UTC()
 	if _, err := s.Create(ctx, job.NewRecord("j2", spec, now)); err != nil {
 		t.Fatal(err)
@@ -116,10 +122,7 @@ func TestObservedRecordIsMutatedWithoutRead(t *testing.T) {
 	t.Parallel()
 	s := openTestJobs(t)
 	ctx := context.Background()
-	spec, err := job.DecodeSpec([]byte(`{"product":"acme","command":["true"]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := testSpec(t)
 	stored := job.NewRecord("j1", spec, time.Now().UTC())
 	// Written by "another process": this store's cache does not have it.
 	rev, err := s.KV.Create(ctx, "j1", stored.Encode())

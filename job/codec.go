@@ -933,6 +933,15 @@ func (d *decoder) readBool(field string, dst *bool) error {
 }
 
 func (d *decoder) readInt(field string, dst *int) error {
+	return readSigned(d, field, "int", strconv.IntSize, dst)
+}
+
+func (d *decoder) readInt64(field string, dst *int64) error {
+	return readSigned(d, field, "int64", 64, dst)
+}
+
+// readSigned reads an integer of bits bits (Go type typ, for errors).
+func readSigned[T int | int64](d *decoder, field, typ string, bits int, dst *T) error {
 	if null, err := d.value(field, "an integer", "-0123456789"); null || err != nil {
 		return err // a null leaves dst as it is
 	}
@@ -940,11 +949,11 @@ func (d *decoder) readInt(field string, dst *int) error {
 	if err != nil {
 		return err
 	}
-	n, err := strconv.ParseInt(string(num), 10, strconv.IntSize)
+	n, err := strconv.ParseInt(string(num), 10, bits)
 	if err != nil {
-		return d.numberError(field, num, "int")
+		return d.numberError(field, num, typ)
 	}
-	*dst = int(n)
+	*dst = T(n)
 	return nil
 }
 

@@ -18,10 +18,7 @@ package job
 // path never accepts what encoding/json would refuse, and what it accepts
 // it decodes to the same value: FuzzControlCodec holds it to that.
 
-import (
-	"errors"
-	"strconv"
-)
+import "errors"
 
 // errNotFast: the message is not in the form decodeFast reads.
 var errNotFast = errors.New("job: not in the fast path's form")
@@ -66,22 +63,6 @@ func (d *decoder) fastObject(m fastMessage) error {
 		}
 		return errNotFast
 	})
-}
-
-func (d *decoder) readInt64(field string, dst *int64) error {
-	if null, err := d.value(field, "an integer", "-0123456789"); null || err != nil {
-		return err // a null leaves dst as it is
-	}
-	num, err := d.number()
-	if err != nil {
-		return err
-	}
-	n, err := strconv.ParseInt(string(num), 10, 64)
-	if err != nil {
-		return d.numberError(field, num, "int64")
-	}
-	*dst = n
-	return nil
 }
 
 var claimRequestKeys = []string{"job_id", "dispatch_gen", "factory", "stream_seq", "delivery"}
