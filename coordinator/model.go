@@ -85,40 +85,46 @@ func (e *entry) item() scheduler.Item {
 }
 
 type class struct {
-	key      string
-	req      job.Labels
-	q        backlog
-	cands    candHeap // live pools covering req, best first; kept current by poolChanged and roomChanged
-	hidx     int
-	unmarked int         // jobs in q not yet flagged unroutable
-	scan     int         // where the next search for them starts in q
-	prios    map[int]int // jobs in q per priority; kept by push, pop and remove
+	key   string
+	req   job.Labels
+	q     backlog
+	cands candHeap // live pools covering req, best first; kept current by poolChanged and roomChanged
+	hidx  int
+	// unmarked and prios count the jobs in q: those not yet flagged
+	// unroutable, and those of each priority. push, pop and remove keep
+	// them; a job's flag and priority change only while it is out of q.
+	unmarked int
+	prios    map[int]int
+	scan     int // where the next search for unflagged jobs starts in q
 }
 
 func (cl *class) push(e *entry) {
 	heap.Push(&cl.q, e)
-	cl.countPriority(e.prio, 1)
+	cl.count(e, 1)
 }
 
 func (cl *class) pop() *entry {
 	e := heap.Pop(&cl.q).(*entry)
-	cl.countPriority(e.prio, -1)
+	cl.count(e, -1)
 	return e
 }
 
 func (cl *class) remove(e *entry) {
 	heap.Remove(&cl.q, e.qidx)
-	cl.countPriority(e.prio, -1)
+	cl.count(e, -1)
 }
 
-func (cl *class) countPriority(prio, delta int) {
+func (cl *class) count(e *entry, delta int) {
+	if !e.unroutable {
+		cl.unmarked += delta
+	}
 	if cl.prios == nil {
 		cl.prios = map[int]int{}
 	}
-	if n := cl.prios[prio] + delta; n != 0 {
-		cl.prios[prio] = n
+	if n := cl.prios[e.prio] + delta; n != 0 {
+		cl.prios[e.prio] = n
 	} else {
-		delete(cl.prios, prio)
+		delete(cl.prios, e.prio)
 	}
 }
 
@@ -232,9 +238,6 @@ func (m *model) leave(e *entry) {
 	m.counts[e.state]--
 	if e.qidx >= 0 {
 		e.class.remove(e)
-		if !e.unroutable {
-			e.class.unmarked--
-		}
 		m.touch(e.class)
 	}
 	if e.ridx >= 0 {
@@ -261,9 +264,6 @@ func (m *model) enter(e *entry) {
 	case job.Queued:
 		if !e.pending {
 			e.class.push(e)
-			if !e.unroutable {
-				e.class.unmarked++
-			}
 			m.touch(e.class)
 		}
 	case job.Failed:
@@ -459,9 +459,6 @@ func (m *model) admit(budget, markBudget int) (orders []order, unroutable []*ent
 			continue
 		}
 		e := cl.pop()
-		if !e.unroutable {
-			cl.unmarked-- // leave will not: e is no longer in q
-		}
 		e.pending, e.pool = true, best.name
 		best.inflight++
 		m.roomChanged(best)
